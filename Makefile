@@ -1,0 +1,59 @@
+# One place for the commands the README gives. A fresh machine needs only Python 3.11, g++ and
+# (for the CUDA compile check) nvcc: `make setup` creates .venv/ with the pinned versions and
+# builds the op library into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.requirements-installed
+OP_LIBRARY := tfinvconv/ops/_inverse_conv_ops.so
+OP_SOURCES := $(wildcard custom_ops/inverse_conv/core/*.h custom_ops/inverse_conv/core/*.cc \
+                        custom_ops/inverse_conv/tf/*.cc) setup.py
+NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test bench cuda-check gpu-selftest clean
+
+setup: $(OP_LIBRARY)
+
+$(INSTALLED): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -r requirements.txt
+	# tf-keras declares `tensorflow`; --no-deps keeps the GPU wheel out (toolchain note).
+	$(PY) -m pip install -q --no-deps tf-keras==2.21.0
+	touch $@
+
+$(OP_LIBRARY): $(INSTALLED) $(OP_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# The main job (until the training CLI lands): invert a random layer, print error and timing.
+demo: setup
+	$(PY) examples/invert_layer.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/bench_ops.py
+
+# Compile-only check of every CUDA source (there is no GPU here): the framework-free core and
+# self-test, and the TF wrapper with GOOGLE_CUDA on (TF's GPU headers need the CUDA shim).
+cuda-check: setup
+	custom_ops/inverse_conv/selftest/run_selftest.sh --compile-only
+	rm -rf build/cuda_shim && mkdir -p build/cuda_shim/third_party/gpus/cuda build/cuda-check
+	ln -s "$$(dirname "$$(dirname "$$(readlink -f "$$(which nvcc)")")")/include" \
+	  build/cuda_shim/third_party/gpus/cuda/include
+	nvcc -c -x cu -std=c++17 -DGOOGLE_CUDA=1 --expt-relaxed-constexpr -Xcompiler -fPIC \
+	  -Xcompiler -Wno-deprecated-declarations $(NVCC_ARCH) -I. -Ibuild/cuda_shim \
+	  $$($(PY) -c 'import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())') \
+	  custom_ops/inverse_conv/tf/inverse_conv_ops.cc -o build/cuda-check/inverse_conv_ops.o \
+	  > build/cuda-check/nvcc.log 2>&1 || (grep -B2 -A2 "error" build/cuda-check/nvcc.log; exit 1)
+	@echo "CUDA sources compile for sm_80 and sm_90"
+
+# On a machine with a GPU and a CUDA toolkit: correctness against the CPU core, and timings.
+gpu-selftest:
+	custom_ops/inverse_conv/selftest/run_selftest.sh
+
+clean:
+	rm -rf build $(OP_LIBRARY) custom_ops/inverse_conv/selftest/build *.egg-info

@@ -1,0 +1,164 @@
+// TensorFlow wrapper around the framework-free core: op registration, shape function, input
+// validation and the CPU / GPU kernels. No math lives here.
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+
+#include <string>
+
+#include "custom_ops/inverse_conv/core/inverse_conv.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tfinvconv {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::errors::InvalidArgument;
+namespace shape_inference = ::tensorflow::shape_inference;
+using CpuDevice = Eigen::ThreadPoolDevice;
+
+Status SolveShapeFn(shape_inference::InferenceContext* c) {
+  shape_inference::ShapeHandle rhs, kernel;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &rhs));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &kernel));
+  shape_inference::DimensionHandle unused;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(kernel, 0), c->Dim(kernel, 1), &unused));
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(kernel, 2), c->Dim(kernel, 3), &unused));
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(rhs, 3), c->Dim(kernel, 2), &unused));
+  c->set_output(0, c->input(0));
+  return ::tensorflow::OkStatus();
+}
+
+// Everything that does not need the kernel's values; fills `shape`.
+Status ValidateInputs(const Tensor& rhs, const Tensor& kernel, SolveShape* shape) {
+  if (rhs.dims() != 4)
+    return InvalidArgument("input must be rank 4 [batch, height, width, channels], got shape ",
+                           rhs.shape().DebugString());
+  if (kernel.dims() != 4)
+    return InvalidArgument("kernel must be rank 4 [k, k, channels, channels], got shape ",
+                           kernel.shape().DebugString());
+  if (kernel.dim_size(0) != kernel.dim_size(1))
+    return InvalidArgument("kernel must be square (k x k), got shape ",
+                           kernel.shape().DebugString());
+  if (kernel.dim_size(2) != kernel.dim_size(3) || kernel.dim_size(2) != rhs.dim_size(3))
+    return InvalidArgument("channel mismatch: input has ", rhs.dim_size(3),
+                           " channels but kernel has shape ", kernel.shape().DebugString(),
+                           " (expected [k, k, channels, channels])");
+  shape->batch = rhs.dim_size(0);
+  shape->height = rhs.dim_size(1);
+  shape->width = rhs.dim_size(2);
+  shape->channels = rhs.dim_size(3);
+  shape->ksize = kernel.dim_size(0);
+  const std::string problem = ValidateShape(*shape);
+  if (!problem.empty()) return InvalidArgument(problem);
+  return ::tensorflow::OkStatus();
+}
+
+Status SingularKernelError(int64_t channel) {
+  return InvalidArgument("singular kernel: the same-pixel diagonal entry for channel ", channel,
+                         " is zero (or NaN), so the causal convolution has no inverse");
+}
+
+// One launcher per device, so the op class below is written once.
+template <typename Device, typename T>
+struct SolveLauncher;
+
+template <typename T>
+struct SolveLauncher<CpuDevice, T> {
+  static Status Run(OpKernelContext* ctx, const SolveShape& shape, const T* rhs, const T* kernel,
+                    Corner corner, bool adjoint, T* out) {
+    const int64_t singular = FindSingularChannel(shape, kernel);
+    if (singular >= 0) return SingularKernelError(singular);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    ParallelFor parallel_for = [pool](int64_t total, int64_t cost,
+                                      const std::function<void(int64_t, int64_t)>& fn) {
+      pool->ParallelFor(total, cost, fn);
+    };
+    CausalSolveCpu(shape, rhs, kernel, corner, adjoint, out, parallel_for);
+    return ::tensorflow::OkStatus();
+  }
+};
+
+#if GOOGLE_CUDA
+using GpuDevice = Eigen::GpuDevice;
+
+template <typename T>
+struct SolveLauncher<GpuDevice, T> {
+  static Status Run(OpKernelContext* ctx, const SolveShape& shape, const T* rhs, const T* kernel,
+                    Corner corner, bool adjoint, T* out) {
+    void* stream = reinterpret_cast<void*>(ctx->eigen_device<GpuDevice>().stream());
+    int64_t singular = -1;
+    int err = FindSingularChannelGpu(shape, kernel, stream, &singular);
+    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " reading the kernel");
+    if (singular >= 0) return SingularKernelError(singular);
+    err = CausalSolveGpu(shape, rhs, kernel, corner, adjoint, out, stream);
+    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " in the causal solve");
+    return ::tensorflow::OkStatus();
+  }
+};
+#endif  // GOOGLE_CUDA
+
+template <typename Device, typename T>
+class InverseCausalConv2DOp : public OpKernel {
+ public:
+  explicit InverseCausalConv2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string corner;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("corner", &corner));
+    OP_REQUIRES(ctx, ParseCorner(corner, &corner_), InvalidArgument("unknown corner ", corner));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("adjoint", &adjoint_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& rhs = ctx->input(0);
+    const Tensor& kernel = ctx->input(1);
+    SolveShape shape;
+    OP_REQUIRES_OK(ctx, ValidateInputs(rhs, kernel, &shape));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, rhs.shape(), &out));
+    OP_REQUIRES_OK(ctx, SolveLauncher<Device, T>::Run(ctx, shape, rhs.flat<T>().data(),
+                                                      kernel.flat<T>().data(), corner_, adjoint_,
+                                                      out->flat<T>().data()));
+  }
+
+ private:
+  Corner corner_ = Corner::kTopLeft;
+  bool adjoint_ = false;
+};
+
+}  // namespace
+
+REGISTER_OP("TfInvConv>InverseCausalConv2D")
+    .Input("rhs: T")
+    .Input("kernel: T")
+    .Output("solution: T")
+    .Attr("T: {float, double}")
+    .Attr("corner: {'top_left', 'top_right', 'bottom_left', 'bottom_right'} = 'top_left'")
+    .Attr("adjoint: bool = false")
+    .SetShapeFn(SolveShapeFn)
+    .Doc(R"doc(
+Solves the masked causal k x k convolution: solution = A^{-1} rhs, or A^{-T} rhs when adjoint.
+rhs: [batch, height, width, channels]. kernel: [k, k, channels, channels] (HWIO); its same-pixel
+tap is read only where input channel <= output channel and must have a nonzero diagonal.
+)doc");
+
+#define TFINVCONV_REGISTER(DEVICE_NAME, DEVICE_TYPE, T)                            \
+  REGISTER_KERNEL_BUILDER(Name("TfInvConv>InverseCausalConv2D")                    \
+                              .Device(::tensorflow::DEVICE_NAME)                   \
+                              .TypeConstraint<T>("T"),                             \
+                          InverseCausalConv2DOp<DEVICE_TYPE, T>);
+TFINVCONV_REGISTER(DEVICE_CPU, CpuDevice, float)
+TFINVCONV_REGISTER(DEVICE_CPU, CpuDevice, double)
+#if GOOGLE_CUDA
+TFINVCONV_REGISTER(DEVICE_GPU, GpuDevice, float)
+TFINVCONV_REGISTER(DEVICE_GPU, GpuDevice, double)
+#endif
+#undef TFINVCONV_REGISTER
+
+}  // namespace tfinvconv

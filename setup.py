@@ -1,0 +1,97 @@
+"""Builds tfinvconv and its op library (g++ with TensorFlow's own flags; nvcc when CUDA is on).
+
+    pip install --no-build-isolation -e .
+
+--no-build-isolation matters: the op must be compiled against the TensorFlow that will load it.
+Environment:
+  TFINVCONV_CUDA=auto|1|0  build the CUDA kernels: auto (default) when nvcc is on the PATH and the
+                           installed TensorFlow was built with CUDA; 1 forces, 0 disables.
+  TFINVCONV_MARCH=native   value for g++ -march (default native; set it empty for a portable .so).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# The one list of sources; BUILD names the same files (tests/test_build_files.py checks it).
+CORE_CPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_cpu.cc"]
+CORE_GPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_gpu.cu.cc"]
+TF_WRAPPER_SOURCES = ["custom_ops/inverse_conv/tf/inverse_conv_ops.cc"]
+CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wno-deprecated-declarations",
+             "-Wno-interference-size"]
+NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
+              "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+LIBRARY = "tfinvconv.ops._inverse_conv_ops"
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tf_flags():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), tf.test.is_built_with_cuda()
+
+
+def _want_cuda(tf_has_cuda):
+  choice = os.environ.get("TFINVCONV_CUDA", "auto").lower()
+  if choice in ("0", "off", "false", "no"):
+    return False
+  if choice in ("1", "on", "true", "yes"):
+    return True
+  return shutil.which("nvcc") is not None and tf_has_cuda
+
+
+def _run(command):
+  print(" ".join(command), file=sys.stderr)
+  subprocess.check_call(command, cwd=ROOT)
+
+
+class BuildOpLibrary(build_ext):
+  """Compiles the op library with TF's flags instead of distutils' defaults."""
+
+  def get_ext_filename(self, fullname):
+    return fullname.replace(".", os.sep) + ".so"  # the name tfinvconv/ops/_loader.py loads
+
+  def build_extension(self, ext):
+    compile_flags, link_flags, tf_has_cuda = _tf_flags()
+    output = self.get_ext_fullpath(ext.name)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    march = os.environ.get("TFINVCONV_MARCH", "native")
+    cxx = CXX_FLAGS + ([f"-march={march}"] if march else []) + ["-I", ROOT] + compile_flags
+    objects, extra_link = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+      if _want_cuda(tf_has_cuda):
+        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
+        cxx += ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home)]
+        for source in CORE_GPU_SOURCES:
+          obj = os.path.join(scratch, os.path.basename(source) + ".o")
+          _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS, "-I", ROOT, source,
+                "-o", obj])
+          objects.append(obj)
+        extra_link = [f"-L{cuda_home}/lib64", "-lcudart"]
+      _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
+            output, *link_flags, *extra_link])
+
+
+def _cuda_include_shim(scratch, cuda_home):
+  """TF's GPU headers include third_party/gpus/cuda/include/...; point that at the toolkit."""
+  shim = os.path.join(scratch, "cuda_shim")
+  os.makedirs(os.path.join(shim, "third_party", "gpus", "cuda"))
+  os.symlink(os.path.join(cuda_home, "include"),
+             os.path.join(shim, "third_party", "gpus", "cuda", "include"))
+  return shim
+
+
+setup(
+    name="tfinvconv",
+    version="0.1.0",
+    description="Invertible convolutions for normalizing flows in TensorFlow",
+    packages=find_packages(include=["tfinvconv", "tfinvconv.*"]),
+    python_requires=">=3.10",
+    ext_modules=[Extension(LIBRARY, sources=CORE_CPU_SOURCES + TF_WRAPPER_SOURCES)],
+    cmdclass={"build_ext": BuildOpLibrary},
+    zip_safe=False,
+)

@@ -1,0 +1,132 @@
+"""inverse_causal_conv2d: the exact inverse of causal_conv2d, with its exact gradient.
+
+The only module that knows two implementations exist: the compiled op (C++ on CPU, CUDA on GPU)
+and the pure-TensorFlow loop in tf_solve.py. Both share one gradient rule. For x = A^{-1} y and
+upstream g = dL/dx (math note, "Backward through the inverse"):
+
+    dL/dy = A^{-T} g                      (the adjoint solve)
+    dL/dK = -mask * filter_grad(x, dL/dy) (TF's Conv2DBackpropFilter on the padded x)
+
+The adjoint solve u = A^{-T} g is itself differentiable by the same rule (dL/dg = A^{-1} u_bar,
+dL/dK = -filter_grad(A^{-1} u_bar, u)), so second derivatives work too.
+"""
+
+import warnings
+
+import tensorflow as tf
+
+from tfinvconv.ops import _loader
+from tfinvconv.ops import causal_conv
+from tfinvconv.ops import tf_solve
+
+IMPLEMENTATIONS = ("auto", "custom_op", "tf")
+OP_NAME = "TfInvConv>InverseCausalConv2D"
+
+_warned_fallback = False
+
+
+def _in_xla_context():
+  try:  # Private API; if it moves, "auto" simply does not detect XLA.
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+  except (ImportError, AttributeError):
+    return False
+
+
+def _choose(implementation):
+  global _warned_fallback
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown implementation {implementation!r}; expected one of "
+                     f"{', '.join(IMPLEMENTATIONS)}")
+  if implementation == "tf":
+    return "tf"
+  library, reason = _loader.load_library()
+  if implementation == "custom_op":
+    if library is None:
+      raise RuntimeError(f"implementation='custom_op' but the compiled op is unavailable: {reason}")
+    return "custom_op"
+  if library is None:
+    if not _warned_fallback:
+      _warned_fallback = True
+      warnings.warn(f"tfinvconv: using the pure-TensorFlow solve because {reason}",
+                    RuntimeWarning, stacklevel=3)
+    return "tf"
+  # Compiled ops have no XLA kernel: inside jit_compile the TF path is the one that compiles.
+  return "tf" if _in_xla_context() else "custom_op"
+
+
+def _solve_gradients(solve, solution, upstream, kernel, corner, adjoint):
+  """Shared backward rule for both implementations (see the module docstring)."""
+  k = kernel.shape[0]
+  rhs_grad = solve(upstream, kernel, corner, not adjoint)
+  inputs, out_backprop = (rhs_grad, solution) if adjoint else (solution, rhs_grad)
+  kernel_grad = -causal_conv.masked_filter_gradient(inputs, out_backprop, k, corner)
+  return rhs_grad, kernel_grad
+
+
+def _custom_op_solve(rhs, kernel, corner, adjoint):
+  library, _ = _loader.load_library()
+  return library.tf_inv_conv_inverse_causal_conv2d(rhs, kernel, corner=corner, adjoint=adjoint)
+
+
+def _register_custom_op_gradient():
+  @tf.RegisterGradient(OP_NAME)
+  def _gradient(op, upstream):  # pylint: disable=unused-variable
+    return _solve_gradients(_custom_op_solve, op.outputs[0], upstream, op.inputs[1],
+                            op.get_attr("corner").decode(), op.get_attr("adjoint"))
+
+
+def _tf_solve(rhs, kernel, corner, adjoint):
+  @tf.custom_gradient
+  def solve_with_gradient(rhs, kernel):
+    solution = tf_solve.solve(rhs, kernel, corner, adjoint)
+
+    def grad(upstream):
+      return _solve_gradients(_tf_solve, solution, upstream, kernel, corner, adjoint)
+
+    return solution, grad
+
+  return solve_with_gradient(rhs, kernel)
+
+
+def _check_nonsingular(kernel):
+  k = kernel.shape[0]
+  diagonal = tf.linalg.diag_part(kernel[k - 1, k - 1])
+  return tf.debugging.Assert(
+      tf.reduce_all(tf.not_equal(diagonal, 0)),
+      ["singular kernel: the same-pixel diagonal kernel[k-1, k-1, c, c] has a zero:", diagonal])
+
+
+def inverse_causal_conv2d(y, kernel, corner="top_left", implementation="auto", name=None):
+  """Exact inverse of `causal_conv2d`: x such that causal_conv2d(x, kernel, corner) == y.
+
+  Solved by back-substitution over anti-diagonals (H + W - 1 dependent steps, every pixel of a
+  diagonal in parallel), differentiable with respect to `y` and `kernel` through the adjoint
+  solve and one filter gradient (no autodiff through the loop).
+
+  Args:
+    y: [batch, height, width, channels], float32 or float64.
+    kernel: [k, k, channels, channels] (HWIO), read through the same mask as `causal_conv2d`;
+      the same-pixel diagonal kernel[k-1, k-1, c, c] must have no zero.
+    corner: top_left, top_right, bottom_left or bottom_right.
+    implementation: "custom_op" (compiled C++/CUDA), "tf" (pure TensorFlow, XLA-compatible) or
+      "auto" (the compiled op when it loaded and we are not inside XLA, else "tf", with one
+      warning saying why).
+
+  Returns:
+    x with the shape of y.
+
+  Raises:
+    ValueError / TypeError: bad rank, shapes, dtype, corner or implementation.
+    tf.errors.InvalidArgumentError: a zero on the same-pixel diagonal (singular kernel).
+  """
+  with tf.name_scope(name or "inverse_causal_conv2d"):
+    y, kernel = causal_conv.validate_inputs(y, kernel, corner, name_of_x="y")
+    if _choose(implementation) == "custom_op":
+      return _custom_op_solve(y, kernel, corner, adjoint=False)
+    with tf.control_dependencies([_check_nonsingular(kernel)]):
+      return _tf_solve(y, kernel, corner, adjoint=False)
+
+
+_register_custom_op_gradient()
