@@ -94,8 +94,9 @@ def _check_nonsingular(kernel):
   k = kernel.shape[0]
   diagonal = tf.linalg.diag_part(kernel[k - 1, k - 1])
   return tf.debugging.Assert(
-      tf.reduce_all(tf.not_equal(diagonal, 0)),
-      ["singular kernel: the same-pixel diagonal kernel[k-1, k-1, c, c] has a zero:", diagonal])
+      tf.reduce_all(tf.abs(diagonal) > 0),  # NaN fails this too
+      ["singular kernel: the same-pixel diagonal kernel[k-1, k-1, c, c] has a zero or NaN:",
+       diagonal])
 
 
 def inverse_causal_conv2d(y, kernel, corner="top_left", implementation="auto", name=None):

@@ -29,11 +29,16 @@ def _skewed_kernel(weights, k):
   return tf.stack(rows)
 
 
-# A graph even when called eagerly: an eager while_loop would dispatch every op from Python.
-@tf.function(autograph=False, reduce_retracing=True)
 def solve(rhs, kernel, corner, adjoint):
-  """x = A^{-1} rhs (or A^{-T} rhs); validated inputs, static kernel shape."""
-  k, channels = kernel.shape[0], kernel.shape[2]
+  """x = A^{-1} rhs (or A^{-T} rhs) for validated inputs with a static kernel shape."""
+  return _solve(rhs, kernel, kernel.shape[0], kernel.shape[2], corner, adjoint)
+
+
+# A graph even when called eagerly (an eager while_loop would dispatch every op from Python).
+# Batch and image size may vary between calls without retracing; k and C are static.
+@tf.function(autograph=False, reduce_retracing=True)
+def _solve(rhs, kernel, k, channels, corner, adjoint):
+  kernel = tf.ensure_shape(kernel, [k, k, channels, channels])
   flip_h, flip_w = corner.startswith("bottom"), corner.endswith("right")
   weights = kernel
   if adjoint:  # A^T: the same recurrence towards the opposite corner, channel axes swapped.

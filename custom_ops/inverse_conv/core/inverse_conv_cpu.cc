@@ -1,5 +1,6 @@
 // CPU core: back-substitution for the causal convolution (see inverse_conv.h).
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "inverse_conv.h"
@@ -31,8 +32,8 @@ int64_t FindSingularChannel(const SolveShape& s, const T* kernel) {
   const int64_t c = s.channels;
   const T* centre = kernel + ((s.ksize - 1) * s.ksize + (s.ksize - 1)) * c * c;
   for (int64_t i = 0; i < c; ++i) {
-    // `!(x != 0)` also catches NaN on the diagonal.
-    if (!(centre[i * c + i] != T(0))) return i;
+    // Written so that NaN counts as singular too.
+    if (!(std::abs(centre[i * c + i]) > T(0))) return i;
   }
   return -1;
 }

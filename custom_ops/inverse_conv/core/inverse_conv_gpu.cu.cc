@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "inverse_conv.h"
 
@@ -83,7 +84,7 @@ int FindSingularChannelGpu(const SolveShape& s, const T* kernel, void* stream, i
   if (err == cudaSuccess) err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
   *channel = -1;
   for (int64_t i = 0; err == cudaSuccess && i < c; ++i) {
-    if (!(diagonal[i] != T(0))) {
+    if (!(std::abs(diagonal[i]) > T(0))) {  // NaN counts as singular too
       *channel = i;
       break;
     }
