@@ -1,0 +1,93 @@
+"""AffineCoupling: Glow's affine (or additive) coupling layer."""
+
+import tensorflow as tf
+import tf_keras
+
+from tfinvconv.bijectors import _image
+
+
+class AffineCoupling(_image.ImageBijector):
+  """Glow's coupling layer (Kingma & Dhariwal, 2018; Dinh et al., 2017).
+
+  The channels split into x_a (the first C // 2) and x_b (the rest). A network reads x_a:
+
+      h = conv3x3(x_a) -> ReLU -> conv1x1 -> ReLU -> conv3x3 (zero-initialised)
+      shift = h[..., 0::2],  scale = sigmoid(h[..., 1::2] + 2)
+
+  In the data -> latent direction (`inverse`):
+
+      y_a = x_a,  y_b = (x_b + shift) * scale,  log |det dy/dx| = sum_{h,w,c} log scale
+
+  and `forward` (sampling) is x_b = y_b / scale - shift. The sigmoid keeps the scale in (0, 1),
+  so the map stays invertible and stable whatever the optimizer does; the zero-initialised last
+  convolution makes the layer start near the identity (shift 0, scale sigmoid(2) = 0.88).
+  `additive=True` drops the scale (Glow's additive coupling, log-det 0).
+
+  The network is built from tf_keras layers, so tf_keras models and `tf.train.Checkpoint`
+  track its weights (Keras 3 would not: see ../shared/notes/toolchain.md).
+  """
+
+  def __init__(self, num_channels, hidden_channels=512, additive=False, dtype=tf.float32,
+               validate_args=False, name="affine_coupling"):
+    parameters = dict(locals())
+    if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int):
+      raise TypeError(f"hidden_channels must be an int, got {hidden_channels!r}")
+    if hidden_channels < 1:
+      raise ValueError(f"hidden_channels must be at least 1, got {hidden_channels}")
+    with tf.name_scope(name) as name:
+      super().__init__(num_channels, dtype, validate_args, name, parameters, min_channels=2)
+      self._additive = bool(additive)
+      self._num_kept = num_channels // 2
+      num_changed = num_channels - self._num_kept
+      outputs = num_changed if self._additive else 2 * num_changed
+      layer_dtype = self.dtype.name
+      # The explicit Input keeps the bijector's dtype: Sequential.build() would add an input
+      # layer in Keras' default float32 and silently round float64 data.
+      self.network = tf_keras.Sequential([
+          tf_keras.Input(shape=(None, None, self._num_kept), dtype=layer_dtype),
+          tf_keras.layers.Conv2D(hidden_channels, 3, padding="same", activation="relu",
+                                 dtype=layer_dtype),
+          tf_keras.layers.Conv2D(hidden_channels, 1, activation="relu", dtype=layer_dtype),
+          tf_keras.layers.Conv2D(outputs, 3, padding="same", kernel_initializer="zeros",
+                                 bias_initializer="zeros", dtype=layer_dtype),
+      ], name="network")
+
+  @property
+  def additive(self):
+    return self._additive
+
+  def _shift_and_log_scale(self, kept):
+    h = _image.as_batch_of_images(self.network, kept)
+    if self._additive:
+      return h, None
+    # log(sigmoid(u)) = -softplus(-u), stable for large |u|.
+    return h[..., 0::2], -tf.nn.softplus(-(h[..., 1::2] + 2.0))
+
+  def _split(self, x):
+    return x[..., :self._num_kept], x[..., self._num_kept:]
+
+  def _inverse(self, x):
+    kept, changed = self._split(self._checked(x, "input"))
+    shift, log_scale = self._shift_and_log_scale(kept)
+    changed = changed + shift
+    if log_scale is not None:
+      changed = changed * tf.exp(log_scale)
+    return tf.concat([kept, changed], axis=-1)
+
+  def _forward(self, y):
+    kept, changed = self._split(self._checked(y, "input"))
+    shift, log_scale = self._shift_and_log_scale(kept)
+    if log_scale is not None:
+      changed = changed * tf.exp(-log_scale)
+    return tf.concat([kept, changed - shift], axis=-1)
+
+  def _inverse_log_det_jacobian(self, x):
+    kept, _ = self._split(self._checked(x, "input"))
+    if self._additive:
+      return tf.zeros(tf.shape(x)[:-3], self.dtype)
+    _, log_scale = self._shift_and_log_scale(kept)
+    return tf.reduce_sum(log_scale, axis=[-3, -2, -1])
+
+  def _forward_log_det_jacobian(self, y):
+    # y_a = x_a, so the network sees the same input in both directions.
+    return -self._inverse_log_det_jacobian(y)
