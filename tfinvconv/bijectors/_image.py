@@ -109,3 +109,15 @@ class ImageBijector(tfp.bijectors.Bijector):
 
   def _checked(self, x, what):
     return check_image(x, self._num_channels, self.validate_args, what)
+
+  def inverse_and_log_det(self, x):
+    """(inverse(x), inverse_log_det_jacobian(x, event_ndims=3)) in one pass; layers whose
+    log-det shares work with the map (the coupling's network) override this."""
+    return self.inverse(x), self.inverse_log_det_jacobian(x, event_ndims=3)
+
+
+def inverse_and_log_det(bijector, x):
+  """The data -> latent map and its log-det for any bijector on [H, W, C] events."""
+  if isinstance(bijector, ImageBijector):
+    return bijector.inverse_and_log_det(x)
+  return bijector.inverse(x), bijector.inverse_log_det_jacobian(x, event_ndims=3)

@@ -67,12 +67,20 @@ class AffineCoupling(_image.ImageBijector):
     return x[..., :self._num_kept], x[..., self._num_kept:]
 
   def _inverse(self, x):
-    kept, changed = self._split(self._checked(x, "input"))
+    return self.inverse_and_log_det(x)[0]
+
+  def inverse_and_log_det(self, x):
+    """Data -> latent map and its log-det from one evaluation of the network."""
+    x = self._checked(x, "input")
+    kept, changed = self._split(x)
     shift, log_scale = self._shift_and_log_scale(kept)
     changed = changed + shift
-    if log_scale is not None:
+    if log_scale is None:
+      log_det = tf.zeros(tf.shape(x)[:-3], self.dtype)
+    else:
       changed = changed * tf.exp(log_scale)
-    return tf.concat([kept, changed], axis=-1)
+      log_det = tf.reduce_sum(log_scale, axis=[-3, -2, -1])
+    return tf.concat([kept, changed], axis=-1), log_det
 
   def _forward(self, y):
     kept, changed = self._split(self._checked(y, "input"))

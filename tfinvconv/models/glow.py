@@ -1,0 +1,259 @@
+"""Glow: the multi-scale flow of openai/glow with a choice of invertible convolution."""
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfinvconv import bijectors as tib
+from tfinvconv import ops
+from tfinvconv.bijectors import _image
+from tfinvconv.models import priors
+
+MIXERS = ("1x1", "nxn", "inverse_conv", "finc", "emerging")
+COUPLINGS = ("affine", "additive")
+
+
+def _positive_int(value, name):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return value
+
+
+def make_mixer(mixer, channels, kernel_size, implementation, dtype, seed):
+  """The invertible convolution(s) of one flow step, listed in data -> latent order.
+
+  "1x1": Glow's 1x1 convolution. "nxn": Truong et al.'s shift function + 1x1.
+  "inverse_conv": 1x1, then Inverse-Flow's k x k causal convolution (solved when evaluating
+  density, a plain convolution when sampling). "finc": the same layer inverted (convolution when
+  evaluating, solved when sampling). "emerging": 1x1, then Hoogeboom et al.'s emerging
+  convolution. The k x k layers have unit (inverse_conv, finc) or learned (emerging) diagonals.
+  """
+  conv1x1 = tib.Conv1x1(channels, seed=seed, dtype=dtype)
+  if mixer == "1x1":
+    return [conv1x1]
+  if mixer == "nxn":
+    return [tib.ConvNxN(channels, seed=seed, dtype=dtype)]
+  if mixer == "inverse_conv":
+    return [conv1x1, tib.InverseConv(channels, kernel_size, implementation=implementation,
+                                     dtype=dtype)]
+  if mixer == "finc":
+    return [conv1x1, tfp.bijectors.Invert(tib.InverseConv(
+        channels, kernel_size, implementation=implementation, dtype=dtype))]
+  if mixer == "emerging":
+    return [conv1x1, tib.EmergingConv(channels, kernel_size, implementation=implementation,
+                                      dtype=dtype)]
+  raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
+
+
+class Glow(tf_keras.Model):
+  """Glow-style multi-scale flow (Kingma & Dhariwal, 2018), trainable with `model.fit`.
+
+  Per level: squeeze, then `depth` steps of ActNorm -> mixer -> coupling; between levels half of
+  the channels is split off under a learned conditional Gaussian prior (a zero-initialised
+  convolution of the kept half); the last latent has a learned (`learn_top`) Gaussian prior.
+  `mixer` picks the invertible convolution of each step (see `make_mixer`).
+
+  Data: uint8 images [B, H, W, C] in [0, 255] are reduced to `n_bits`, scaled to [-0.5, 0.5)
+  and dequantised with uniform noise of one bin; `bits_per_dim(images)` accounts for the bin
+  width, so the numbers compare with the papers'. `log_prob(x)`, `encode(x)`, `decode(latents)`
+  and `sample(n)` work on the continuous scaled data x. The latents are the standardised noises
+  of every prior (finest level first), so `sample(n, temperature)` is `decode` of scaled
+  standard normal noise and `decode(encode(x))` reconstructs x exactly.
+
+  tf_keras: `compile(optimizer)` then `fit(dataset of images)` minimises bits/dim;
+  `evaluate` reports it. ActNorm layers initialise from the first real batch (or call
+  `initialize(images)`); their `initialized` flags are saved with the weights, so a second
+  `fit` or loaded weights never re-initialise. Models whose mixer uses the compiled op compile
+  with `jit_compile=False` (the op has no XLA kernel); pass `implementation="tf"` for XLA.
+  """
+
+  def __init__(self, image_shape, num_levels=3, depth=32, hidden_channels=512,
+               mixer="inverse_conv", kernel_size=3, coupling="affine", learn_top=True,
+               n_bits=8, dtype=tf.float32, implementation="auto", seed=0, name="glow"):
+    dtype = _image.check_dtype(dtype)
+    super().__init__(name=name, dtype=dtype.name)
+    if len(image_shape) != 3:
+      raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
+    height, width, channels = (int(v) for v in image_shape)
+    _positive_int(num_levels, "num_levels")
+    _positive_int(depth, "depth")
+    _positive_int(hidden_channels, "hidden_channels")
+    _positive_int(channels, "the number of image channels")
+    if mixer not in MIXERS:
+      raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
+    if coupling not in COUPLINGS:
+      raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
+    if not 1 <= n_bits <= 8:
+      raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
+    if mixer == "emerging" and kernel_size % 2 == 0:
+      raise ValueError(f"mixer='emerging' needs an odd kernel_size (a centred receptive field), "
+                       f"got {kernel_size}")
+    scale = 2 ** num_levels
+    for size, what in ((height, "height"), (width, "width")):
+      if size % scale:
+        fits = max(level for level in range(num_levels + 1) if size % 2 ** level == 0)
+        raise ValueError(
+            f"image {what} {size} is not divisible by 2**num_levels = {scale}: use "
+            f"num_levels <= {fits} or pad/crop the images to a multiple of {scale}")
+
+    self.image_shape = (height, width, channels)
+    self.num_levels, self.depth, self.n_bits = num_levels, depth, n_bits
+    self.n_bins = 2 ** n_bits
+    self.mixer, self.coupling_kind, self.kernel_size = mixer, coupling, kernel_size
+    self.implementation = implementation
+    self._flow_dtype = dtype
+
+    self.squeezes, self.steps, self.split_priors, self.latent_shapes = [], [], [], []
+    h, w, c = height, width, channels
+    layer_seed = seed
+    for level in range(num_levels):
+      h, w, c = h // 2, w // 2, c * 4
+      self.squeezes.append(tib.Squeeze(2))
+      level_steps = []
+      for _ in range(depth):
+        level_steps.append(tib.ActNorm(c, dtype=dtype))
+        level_steps.extend(make_mixer(mixer, c, kernel_size, implementation, dtype, layer_seed))
+        level_steps.append(tib.AffineCoupling(c, hidden_channels, additive=coupling == "additive",
+                                              dtype=dtype))
+        layer_seed += 1
+      self.steps.append(level_steps)
+      if level < num_levels - 1:
+        kept = c // 2
+        self.split_priors.append(priors.SplitPrior(kept, c - kept, dtype=dtype.name))
+        self.latent_shapes.append((h, w, c - kept))
+        c = kept
+    self.top_prior = priors.TopPrior(c, learn_top=learn_top, dtype=dtype.name)
+    self.latent_shapes.append((h, w, c))
+    self.num_dims = height * width * channels
+    self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
+    self.built = True  # every weight exists already (count_params, save_weights before fit)
+
+  # ---- the flow ----------------------------------------------------------------------------
+
+  def _data_to_latent(self, x, initialize=False):
+    """Returns (latents, log_prob) for continuous scaled data x."""
+    z = tf.convert_to_tensor(x, self._flow_dtype)
+    total = tf.zeros(tf.shape(z)[:-3], self._flow_dtype)
+    latents = []
+    for level in range(self.num_levels):
+      z = self.squeezes[level].inverse(z)
+      for layer in self.steps[level]:
+        if initialize and isinstance(layer, tib.ActNorm):
+          layer.initialize(z)
+        z, log_det = _image.inverse_and_log_det(layer, z)
+        total += log_det
+      if level < self.num_levels - 1:
+        kept = z.shape[-1] // 2
+        z, dropped = z[..., :kept], z[..., kept:]
+        mean, log_scale = self.split_priors[level](z)
+        total += priors.gaussian_log_prob(dropped, mean, log_scale)
+        latents.append((dropped - mean) * tf.exp(-log_scale))
+    mean, log_scale = self.top_prior(z)
+    total += priors.gaussian_log_prob(z, mean, log_scale)
+    latents.append((z - mean) * tf.exp(-log_scale))
+    return latents, total
+
+  def log_prob(self, x):
+    """Log density of continuous scaled data x ([B, H, W, C] in about [-0.5, 0.5])."""
+    return self._data_to_latent(x)[1]
+
+  def encode(self, x):
+    """Latents of x: the standardised noise of every prior, finest level first."""
+    return self._data_to_latent(x)[0]
+
+  def decode(self, latents):
+    """Inverse of `encode`: continuous scaled data from the list of latents."""
+    if len(latents) != self.num_levels:
+      raise ValueError(f"decode needs {self.num_levels} latents (one per level), got "
+                       f"{len(latents)}")
+    latents = [tf.convert_to_tensor(l, self._flow_dtype) for l in latents]
+    for latent, shape in zip(latents, self.latent_shapes):
+      if latent.shape.rank is not None and tuple(latent.shape[1:]) != shape:
+        raise ValueError(f"latent of shape {latent.shape} does not match {shape}")
+    mean, log_scale = self.top_prior(latents[-1])
+    z = mean + tf.exp(log_scale) * latents[-1]
+    for level in reversed(range(self.num_levels)):
+      if level < self.num_levels - 1:
+        mean, log_scale = self.split_priors[level](z)
+        z = tf.concat([z, mean + tf.exp(log_scale) * latents[level]], axis=-1)
+      for layer in reversed(self.steps[level]):
+        z = layer.forward(z)
+      z = self.squeezes[level].forward(z)
+    return z
+
+  def sample(self, n, temperature=1.0, seed=None):
+    """n samples of continuous scaled data; every prior's noise is scaled by `temperature`."""
+    latents = [temperature * tf.random.normal((n,) + shape, dtype=self._flow_dtype, seed=seed)
+               for shape in self.latent_shapes]
+    return self.decode(latents)
+
+  # ---- images --------------------------------------------------------------------------------
+
+  def preprocess(self, images, noise=True):
+    """uint8 (or float in [0, 255]) images -> continuous scaled data, Glow's way."""
+    x = tf.cast(images, self._flow_dtype)
+    if self.n_bits < 8:
+      x = tf.floor(x / 2 ** (8 - self.n_bits))
+    x = x / self.n_bins - 0.5
+    if noise:
+      x += tf.random.uniform(tf.shape(x), 0, 1.0 / self.n_bins, dtype=self._flow_dtype)
+    return x
+
+  def to_images(self, x):
+    """Continuous scaled data -> uint8 images (the bins' lower edges, as openai/glow)."""
+    bins = tf.clip_by_value(tf.floor((x + 0.5) * self.n_bins), 0, self.n_bins - 1)
+    return tf.cast(bins * 2 ** (8 - self.n_bits), tf.uint8)
+
+  def bits_per_dim(self, images, noise=True):
+    """-log2 P(images) / (H W C) per image: the discrete likelihood of the n_bits bins."""
+    log_prob = self.log_prob(self.preprocess(images, noise))
+    log_prob -= self.num_dims * math.log(self.n_bins)
+    return -log_prob / (self.num_dims * math.log(2.0))
+
+  def initialize(self, images):
+    """ActNorm's data-dependent initialisation from a batch of images (always re-runs)."""
+    self._data_to_latent(self.preprocess(images), initialize=True)
+
+  # ---- tf_keras ------------------------------------------------------------------------------
+
+  def uses_compiled_op(self):
+    return (self.mixer in ("inverse_conv", "finc", "emerging") and
+            self.implementation != "tf")
+
+  def compile(self, *args, jit_compile=None, **kwargs):
+    if jit_compile is None:
+      jit_compile = False  # Keras would turn XLA on by itself when a GPU is visible
+    if jit_compile and self.uses_compiled_op():
+      raise ValueError(f"mixer={self.mixer!r} uses the compiled op, which has no XLA kernel: "
+                       "compile with jit_compile=False or build the model with "
+                       "implementation='tf'")
+    super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+  def call(self, images, training=False):
+    return self.bits_per_dim(images)
+
+  @staticmethod
+  def _images(data):
+    return data[0] if isinstance(data, (tuple, list)) else data
+
+  def train_step(self, data):
+    images = self._images(data)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(self.bits_per_dim(images))
+    gradients = tape.gradient(loss, self.trainable_variables)
+    self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+    self._loss_tracker.update_state(loss)
+    result = self._loss_tracker.result()
+    return {"loss": result, "bits_per_dim": result}
+
+  def test_step(self, data):
+    loss = tf.reduce_mean(self.bits_per_dim(self._images(data)))
+    self._loss_tracker.update_state(loss)
+    result = self._loss_tracker.result()
+    return {"loss": result, "bits_per_dim": result}
+
+  @property
+  def metrics(self):
+    return [self._loss_tracker]
