@@ -23,6 +23,8 @@ class ActNorm(_image.ImageBijector):
   variable records it (and is saved in checkpoints, so loading weights never re-initialises).
   Before initialisation the layer is the identity.
 
+  Under a tf.distribute strategy the automatic initialisation is off inside replicas: call
+  `initialize` (or `assign_statistics`) in cross-replica context before training.
   Distributed training: every replica calls `initial_statistics(x)` on its own batch, the
   (mean, mean of squares) pairs are averaged across replicas (e.g. `hvd.allreduce`), and each
   replica calls `assign_statistics(mean, mean_square)`: all start from the same values.
@@ -62,6 +64,10 @@ class ActNorm(_image.ImageBijector):
     return self.assign_statistics(*self.initial_statistics(x))
 
   def _maybe_initialize(self, x):
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False:
+      # Inside a tf.distribute replica, assigning a mirrored variable from one replica's data
+      # is not allowed: the training system calls `initialize` before `fit` instead.
+      return []
     if tf.executing_eagerly():
       if not bool(self.initialized.numpy()):
         self.initialize(x)

@@ -128,6 +128,14 @@ class Glow(tf_keras.Model):
     self.latent_shapes.append((h, w, c))
     self.num_dims = height * width * channels
     self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
+    # Training bookkeeping, saved with the weights. ONLY_FIRST_REPLICA: under tf.distribute
+    # every replica runs the same step, so one increment per step.
+    counter = dict(trainable=False, dtype=tf.int64,
+                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.step_counter = tf.Variable(0, name="step_counter", **counter)
+    self.nonfinite_steps = tf.Variable(0, name="nonfinite_steps", **counter)
+    self.noise_seed = seed
+    self.gradient_tape_wrapper = None  # set by distributed engines (e.g. Horovod)
     self.built = True  # every weight exists already (count_params, save_weights before fit)
 
   # ---- the flow ----------------------------------------------------------------------------
@@ -191,14 +199,22 @@ class Glow(tf_keras.Model):
 
   # ---- images --------------------------------------------------------------------------------
 
-  def preprocess(self, images, noise=True):
-    """uint8 (or float in [0, 255]) images -> continuous scaled data, Glow's way."""
+  def preprocess(self, images, noise=True, seed=None):
+    """uint8 (or float in [0, 255]) images -> continuous scaled data, Glow's way.
+
+    `seed` (shape [2] ints) makes the dequantisation noise stateless, so a resumed run draws
+    exactly the noise an uninterrupted one would.
+    """
     x = tf.cast(images, self._flow_dtype)
     if self.n_bits < 8:
       x = tf.floor(x / 2 ** (8 - self.n_bits))
     x = x / self.n_bins - 0.5
     if noise:
-      x += tf.random.uniform(tf.shape(x), 0, 1.0 / self.n_bins, dtype=self._flow_dtype)
+      width = 1.0 / self.n_bins
+      if seed is None:
+        x += tf.random.uniform(tf.shape(x), 0, width, dtype=self._flow_dtype)
+      else:
+        x += tf.random.stateless_uniform(tf.shape(x), seed, 0, width, dtype=self._flow_dtype)
     return x
 
   def to_images(self, x):
@@ -206,9 +222,9 @@ class Glow(tf_keras.Model):
     bins = tf.clip_by_value(tf.floor((x + 0.5) * self.n_bins), 0, self.n_bins - 1)
     return tf.cast(bins * 2 ** (8 - self.n_bits), tf.uint8)
 
-  def bits_per_dim(self, images, noise=True):
+  def bits_per_dim(self, images, noise=True, seed=None):
     """-log2 P(images) / (H W C) per image: the discrete likelihood of the n_bits bins."""
-    log_prob = self.log_prob(self.preprocess(images, noise))
+    log_prob = self.log_prob(self.preprocess(images, noise, seed))
     log_prob -= self.num_dims * math.log(self.n_bins)
     return -log_prob / (self.num_dims * math.log(2.0))
 
@@ -239,14 +255,33 @@ class Glow(tf_keras.Model):
     return data[0] if isinstance(data, (tuple, list)) else data
 
   def train_step(self, data):
+    """One maximum-likelihood step. The dequantisation noise is seeded by (noise_seed, step) so
+    a resumed run repeats an uninterrupted one exactly. `gradient_tape_wrapper` (e.g.
+    `hvd.DistributedGradientTape`) averages gradients across workers before the finiteness
+    check, so every worker takes the same decision. A step whose loss or gradients are not
+    finite is skipped (weights and optimizer untouched) and counted in `nonfinite_steps`."""
     images = self._images(data)
+    seed = tf.stack([tf.cast(self.noise_seed, tf.int64), self.step_counter.read_value()])
     with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(self.bits_per_dim(images))
-    gradients = tape.gradient(loss, self.trainable_variables)
-    self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-    self._loss_tracker.update_state(loss)
+      loss = tf.reduce_mean(self.bits_per_dim(images, seed=seed))
+    if self.gradient_tape_wrapper is not None:
+      tape = self.gradient_tape_wrapper(tape)
+    variables = self.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients] +
+                           [tf.math.is_finite(loss)])
+
+    def apply():
+      self.optimizer.apply_gradients(zip(gradients, variables))
+      return tf.constant(0, tf.int64)
+
+    skipped = tf.cond(finite, apply, lambda: tf.constant(1, tf.int64))
+    self.nonfinite_steps.assign_add(skipped)
+    self.step_counter.assign_add(1)
+    self._loss_tracker.update_state(tf.where(finite, loss, tf.zeros_like(loss)),
+                                    sample_weight=tf.cast(finite, loss.dtype))
     result = self._loss_tracker.result()
-    return {"loss": result, "bits_per_dim": result}
+    return {"loss": result, "bits_per_dim": result, "nonfinite_steps": self.nonfinite_steps}
 
   def test_step(self, data):
     loss = tf.reduce_mean(self.bits_per_dim(self._images(data)))
