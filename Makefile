@@ -11,7 +11,10 @@ OP_SOURCES := $(wildcard custom_ops/inverse_conv/core/*.h custom_ops/inverse_con
 NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test bench cuda-check gpu-selftest clean
+HOROVOD := $(VENV)/.horovod-installed
+HOROVOD_VERSION := 0.28.1
+
+.PHONY: setup demo train test bench cuda-check gpu-selftest horovod clean
 
 setup: $(OP_LIBRARY)
 
@@ -27,11 +30,42 @@ $(OP_LIBRARY): $(INSTALLED) $(OP_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-# The main job (until the training CLI lands): invert a random layer, print error and timing.
+# The main job: train the digits preset (a few minutes on 2 cores), write samples and metrics.
+train: setup
+	$(PY) -m train --preset digits --run-dir runs/digits
+
+# A short op demo: invert a random layer, print the reconstruction error and timing.
 demo: setup
 	$(PY) examples/invert_layer.py
 
-test: setup
+# Horovod 0.28.1 (its last release) for this TensorFlow, CPU/Gloo build (../shared/notes/
+# horovod.md): unpatched it only builds against TF <= 2.18; its XLA file includes headers TF
+# 2.21 no longer ships, and everything in that file past the includes is GPU-only, so the
+# file's guard is extended to require HAVE_GPU. The wheel is cached in build/wheels.
+horovod: $(HOROVOD)
+
+$(HOROVOD): $(OP_LIBRARY)
+	mkdir -p build/horovod build/wheels
+	if ! ls build/wheels/horovod-$(HOROVOD_VERSION)-*.whl >/dev/null 2>&1; then \
+	  rm -rf build/horovod/* && \
+	  $(PY) -m pip download -q --no-deps --no-binary :all: horovod==$(HOROVOD_VERSION) \
+	    -d build/horovod && \
+	  tar xzf build/horovod/horovod-$(HOROVOD_VERSION).tar.gz -C build/horovod && \
+	  sed -i 's/^#if TENSORFLOW_VERSION >= 2006000000$$/#if TENSORFLOW_VERSION >= 2006000000 \&\& HAVE_GPU/' \
+	    build/horovod/horovod-$(HOROVOD_VERSION)/horovod/tensorflow/xla_mpi_ops.cc && \
+	  grep -q "2006000000 && HAVE_GPU" \
+	    build/horovod/horovod-$(HOROVOD_VERSION)/horovod/tensorflow/xla_mpi_ops.cc && \
+	  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS=-j2 \
+	  $(PY) -m pip wheel -q --no-build-isolation --no-deps \
+	    build/horovod/horovod-$(HOROVOD_VERSION) -w build/wheels; \
+	fi
+	$(PY) -m pip install -q cloudpickle psutil pyyaml packaging
+	$(PY) -m pip install -q --no-deps --force-reinstall build/wheels/horovod-$(HOROVOD_VERSION)-*.whl
+	$(PY) -c "import horovod, horovod.tensorflow as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
+	touch $@
+
+test: setup horovod
 	$(PY) -m pytest -q tests
 
 bench: setup

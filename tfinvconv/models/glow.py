@@ -136,6 +136,9 @@ class Glow(tf_keras.Model):
     self.nonfinite_steps = tf.Variable(0, name="nonfinite_steps", **counter)
     self.noise_seed = seed
     self.gradient_tape_wrapper = None  # set by distributed engines (e.g. Horovod)
+    # train/test_step return values that are already global (synchronised metrics and
+    # counters): take one replica's, not Keras' default sum over replicas.
+    self.distribute_reduction_method = "first"
     self.built = True  # every weight exists already (count_params, save_weights before fit)
 
   # ---- the flow ----------------------------------------------------------------------------
@@ -258,30 +261,48 @@ class Glow(tf_keras.Model):
     """One maximum-likelihood step. The dequantisation noise is seeded by (noise_seed, step) so
     a resumed run repeats an uninterrupted one exactly. `gradient_tape_wrapper` (e.g.
     `hvd.DistributedGradientTape`) averages gradients across workers before the finiteness
-    check, so every worker takes the same decision. A step whose loss or gradients are not
-    finite is skipped (weights and optimizer untouched) and counted in `nonfinite_steps`."""
+    check, so every worker takes the same decision.
+
+    A step whose loss or gradients are not finite is counted in `nonfinite_steps` and skipped:
+    weights and optimizer untouched. Under a tf.distribute strategy the optimizer's
+    synchronisation cannot sit inside a conditional, so there the replicas agree on finiteness
+    and apply zero gradients instead (no NaN reaches the weights, but Adam's momentum still
+    moves them a little).
+    """
     images = self._images(data)
     seed = tf.stack([tf.cast(self.noise_seed, tf.int64), self.step_counter.read_value()])
+    replica_context = tf.distribute.get_replica_context()
+    under_strategy = tf.distribute.has_strategy() and replica_context is not None
+    replicas = replica_context.num_replicas_in_sync if under_strategy else 1
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(self.bits_per_dim(images, seed=seed))
+      scaled_loss = loss / replicas  # the optimizer sums the replicas' gradients
     if self.gradient_tape_wrapper is not None:
       tape = self.gradient_tape_wrapper(tape)
     variables = self.trainable_variables
-    gradients = tape.gradient(loss, variables)
+    gradients = tape.gradient(scaled_loss, variables)
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients] +
                            [tf.math.is_finite(loss)])
-
-    def apply():
+    if under_strategy:
+      bad_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                1.0 - tf.cast(finite, tf.float32))
+      finite = tf.equal(bad_replicas, 0.0)
+      gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
       self.optimizer.apply_gradients(zip(gradients, variables))
-      return tf.constant(0, tf.int64)
+      skipped = 1 - tf.cast(finite, tf.int64)
+    else:
+      def apply():
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return tf.constant(0, tf.int64)
 
-    skipped = tf.cond(finite, apply, lambda: tf.constant(1, tf.int64))
+      skipped = tf.cond(finite, apply, lambda: tf.constant(1, tf.int64))
     self.nonfinite_steps.assign_add(skipped)
     self.step_counter.assign_add(1)
     self._loss_tracker.update_state(tf.where(finite, loss, tf.zeros_like(loss)),
                                     sample_weight=tf.cast(finite, loss.dtype))
     result = self._loss_tracker.result()
-    return {"loss": result, "bits_per_dim": result, "nonfinite_steps": self.nonfinite_steps}
+    return {"loss": result, "bits_per_dim": result,
+            "nonfinite_steps": tf.identity(self.nonfinite_steps)}
 
   def test_step(self, data):
     loss = tf.reduce_mean(self.bits_per_dim(self._images(data)))

@@ -1,0 +1,177 @@
+"""End-to-end runs of the training system (small models, real digits, a local image folder)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfinvconv import bijectors as tib
+from train import callbacks as cb
+from train import data
+from train import trainer
+from train.__main__ import parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4"]
+
+
+def _cli(args, timeout=300, env=None):
+  return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+def _tiny_config(tmp_path, name, **overrides):
+  config = parse(TINY + ["--run-dir", str(tmp_path / name), "--epochs", "2",
+                         "--steps-per-epoch", "6", "--no-verbose"])
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+def test_presets_carry_published_hyperparameters():
+  cifar = parse(["--preset", "cifar10"])
+  assert (cifar.num_levels, cifar.depth, cifar.hidden_channels, cifar.n_bits) == (3, 32, 512, 8)
+  celeba = parse(["--preset", "celeba_hq", "--mixer", "finc", "--depth", "4"])
+  assert (celeba.image_size, celeba.num_levels, celeba.n_bits, celeba.coupling) == (
+      256, 6, 5, "additive")
+  assert (celeba.mixer, celeba.depth) == ("finc", 4)  # flags override the preset
+
+
+def test_digits_preset_end_to_end(tmp_path):
+  result = _cli(TINY + ["--epochs", "2", "--run-dir", str(tmp_path / "run")])
+  assert result.returncode == 0, result.stderr[-3000:]
+  run = tmp_path / "run"
+  metrics = json.loads((run / "metrics.json").read_text())
+  for key in ("train_bits_per_dim", "test_bits_per_dim", "params", "step_time_ms",
+              "images_per_sec"):
+    assert np.isfinite(metrics[key]), key
+  assert metrics["steps"] == 2 * (data.DIGITS_TRAIN // 64)
+  assert metrics["test_bits_per_dim"] < 8.4  # it learned something
+  assert sorted(p.name for p in (run / "samples").glob("final_*.png")) == [
+      "final_t0.0.png", "final_t0.5.png", "final_t0.7.png", "final_t1.0.png"]
+  assert list((run / "tensorboard").glob("events.out.tfevents*"))
+  assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{metrics['steps']}")
+  assert "samples:" in result.stdout and "metrics.json" in result.stdout
+
+
+def test_local_image_folder(tmp_path):
+  folder = tmp_path / "images"
+  train, _ = data.digits_images()
+  for split, count in (("train", 40), ("test", 8)):
+    (folder / split / "any_label").mkdir(parents=True)
+    for i in range(count):
+      rgb = np.repeat(np.repeat(np.repeat(train[i], 3, axis=-1), 2, axis=0), 2, axis=1)
+      tf.io.write_file(str(folder / split / "any_label" / f"{i}.png"), tf.io.encode_png(rgb))
+  config = _tiny_config(tmp_path, "run", dataset=str(folder), image_size=8, batch_size=8,
+                        steps_per_epoch=0)
+  assert trainer.run(config) == 0
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["steps"] == 2 * (40 // 8) and np.isfinite(metrics["test_bits_per_dim"])
+
+
+def _weights(run_dir):
+  return json.loads((run_dir / "ranks" / "rank0.json").read_text())
+
+
+def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+  assert trainer.run(_tiny_config(tmp_path, "straight")) == 0
+
+  original = cb.RunControl.on_train_batch_end
+
+  def interrupt_at_step_8(self, batch, logs=None):
+    if int(self.model.step_counter.numpy()) == 8:
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives through the real handler
+    return original(self, batch, logs)
+
+  monkeypatch.setattr(cb.RunControl, "on_train_batch_end", interrupt_at_step_8)
+  assert trainer.run(_tiny_config(tmp_path, "interrupted")) == 128 + signal.SIGTERM
+  checkpoints = tmp_path / "interrupted" / "checkpoints"
+  assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-8")
+  monkeypatch.setattr(cb.RunControl, "on_train_batch_end", original)
+  assert trainer.run(_tiny_config(tmp_path, "interrupted", resume=True)) == 0
+
+  resumed = json.loads((tmp_path / "interrupted" / "metrics.json").read_text())
+  straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+  assert resumed["steps"] == straight["steps"] == 12
+  a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "interrupted")
+  np.testing.assert_allclose(b["weights_sum"], a["weights_sum"], rtol=1e-6)
+  np.testing.assert_allclose(b["weights_sum_of_squares"], a["weights_sum_of_squares"],
+                             rtol=1e-6)
+
+
+def test_sigterm_from_outside_saves_a_checkpoint(tmp_path):
+  run = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "train", *TINY, "--epochs", "1000", "--run-dir", str(run),
+       "--checkpoint-every", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not list((run / "samples").glob("epoch_0001*")):
+    time.sleep(0.5)  # wait until training is under way
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+  assert "checkpoint saved" in output
+  assert tf.train.latest_checkpoint(str(run / "checkpoints")) is not None
+
+
+def test_nonfinite_guard_skips_and_then_stops(tmp_path, monkeypatch, capsys):
+  real_pipeline = data.pipeline
+
+  def turns_nan_after_4_batches(images, batch_size, *args, training=True, **kwargs):
+    stream = real_pipeline(images, batch_size, *args, training=training, **kwargs)
+    if not training:
+      return stream
+    return stream.enumerate().map(
+        lambda i, x: tf.where(i >= 4, np.nan, tf.cast(x, tf.float32)))
+
+  monkeypatch.setattr(data, "pipeline", turns_nan_after_4_batches)
+  config = _tiny_config(tmp_path, "run", max_nonfinite=3, checkpoint_every=1, epochs=5)
+  assert trainer.run(config) == trainer.EXIT_NONFINITE
+  assert "consecutive steps had a non-finite loss" in capsys.readouterr().err
+  latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+  reader = tf.train.load_checkpoint(latest)
+  names = [n for n in reader.get_variable_to_shape_map() if "OPTIMIZER_SLOT" not in n]
+  values = [np.asarray(reader.get_tensor(n)) for n in names]
+  floats = [v for v in values if v.dtype.kind == "f"]
+  assert floats and all(np.all(np.isfinite(v)) for v in floats)
+  assert any(n.startswith("model/nonfinite_steps") for n in names)
+
+
+def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path):
+  from tfinvconv.models import Glow  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  model = Glow((8, 8, 1), num_levels=2, depth=1, hidden_channels=8, mixer="1x1")
+  model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+  train, _ = data.digits_images()
+  images = train[:64].astype(np.float32)
+  model.initialize(images)
+  bad = images.copy()
+  bad[3, 2, 2, 0] = np.nan
+  before = [v.numpy().copy() for v in model.trainable_variables]
+  model.fit(bad, batch_size=64, epochs=1, verbose=0)
+  assert int(model.nonfinite_steps.numpy()) == 1
+  for old, variable in zip(before, model.trainable_variables):
+    np.testing.assert_array_equal(variable.numpy(), old)  # the step was skipped
+  model.fit(images, batch_size=64, epochs=1, verbose=0)
+  assert int(model.nonfinite_steps.numpy()) == 1 and int(model.step_counter.numpy()) == 2
+
+
+def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
+  start = time.time()
+  result = _cli(["--preset", "cifar10", "--data-dir", str(tmp_path / "tfds"), "--depth", "1"],
+                timeout=120)
+  assert time.time() - start < 100  # no 200-second network retry
+  assert result.returncode == 2
+  assert "'cifar10' is not prepared" in result.stderr
+  assert "download_and_prepare" in result.stderr and "--data-dir" in result.stderr
+  result = _cli(["--preset", "celeba_hq", "--data-dir", str(tmp_path / "tfds")], timeout=120)
+  assert result.returncode == 2 and "manual download" in result.stderr
+  result = _cli(["--dataset", "folder:" + str(tmp_path / "nothing")], timeout=120)
+  assert result.returncode == 2 and "does not exist" in result.stderr

@@ -1,0 +1,1 @@
+"""The training system: `python -m train --preset digits` (see `python -m train --help`)."""

@@ -1,0 +1,66 @@
+"""Command line: python -m train [--preset NAME] [--flag value ...].
+
+Presets carry the published hyperparameters (train/presets.py); every value has a flag.
+Distributed: `horovodrun -np N python -m train ...` (Horovod), or `--strategy mirrored` /
+`--strategy multiworker` (tf.distribute, workers described by TF_CONFIG).
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from train import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+HELP = {
+    "dataset": "digits, a TFDS name (cifar10, downsampled_imagenet/32x32, "
+               "celeb_a_hq/256, ...) or a folder of images",
+    "data_dir": "TFDS data folder (datasets are never downloaded)",
+    "run_dir": "where checkpoints, samples, TensorBoard logs and metrics.json go",
+    "resume": "continue from the last checkpoint in --run-dir",
+    "strategy": "tf.distribute engine: mirrored or multiworker (Horovod: launch with "
+                "horovodrun instead)",
+    "mixer": "1x1, nxn, inverse_conv, finc or emerging",
+    "implementation": "inverse convolution kernels: auto, custom_op or tf",
+    "batch_size": "images per replica (GPU / process) per step",
+    "learning_rate": "per replica; the run uses it times the number of replicas",
+    "checkpoint_every": "steps between checkpoints",
+    "max_nonfinite": "consecutive non-finite steps before the run stops",
+    "steps_per_epoch": "0: one pass over the training set",
+}
+
+
+def parse(argv):
+  from train.trainer import Config  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="digits", choices=sorted(presets.PRESETS))
+  for field in dataclasses.fields(Config):
+    flag = "--" + field.name.replace("_", "-")
+    if field.type == "bool" or isinstance(field.default, bool):
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                          help=HELP.get(field.name))
+    else:
+      parser.add_argument(flag, type=type(field.default), default=None,
+                          help=HELP.get(field.name, f"default from the preset or "
+                                                    f"{field.default!r}"))
+  args = parser.parse_args(argv)
+  values = {k: v for k, v in presets.PRESETS[args.preset].items() if v is not None}
+  values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+  return Config(**values)
+
+
+def main(argv=None):
+  config = parse(sys.argv[1:] if argv is None else argv)
+  from train.data import MissingDatasetError  # pylint: disable=g-import-not-at-top
+  from train.trainer import run  # pylint: disable=g-import-not-at-top
+  try:
+    return run(config)
+  except MissingDatasetError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

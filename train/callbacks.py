@@ -1,0 +1,172 @@
+"""tf_keras callbacks of the training system: metric averaging, run control (checkpoints,
+SIGTERM/SIGINT, the non-finite guard), progress, TensorBoard and sample grids."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
+
+
+class AverageMetrics(tf_keras.callbacks.Callback):
+  """Replaces each epoch's logs by their average over workers (first in the list, so every
+  later callback sees global numbers). Horovod's own MetricAverageCallback imports Keras 3 and
+  fails on TF >= 2.16 (../shared/notes/horovod.md)."""
+
+  def __init__(self, engine):
+    super().__init__()
+    self.engine = engine
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs:
+      logs.update(self.engine.average(logs))
+
+
+class RunControl(tf_keras.callbacks.Callback):
+  """Checkpoints every `every` steps and at the end; on SIGTERM/SIGINT saves and stops; stops
+  (without saving) after `max_nonfinite` consecutive skipped non-finite steps."""
+
+  def __init__(self, engine, save, every, max_nonfinite):
+    super().__init__()
+    self.engine, self.save, self.every, self.max_nonfinite = engine, save, every, max_nonfinite
+    self.signal = None          # the signal that arrived, if any
+    self.interrupted = None     # the signal we stopped for
+    self.failure = None         # why training had to stop
+    self._consecutive = 0
+    self._last_nonfinite = None
+    self._previous_handlers = {}
+
+  def on_train_begin(self, logs=None):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
+    self.signal = signum
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = int(self.model.step_counter.numpy())
+    nonfinite = int(self.model.nonfinite_steps.numpy())
+    if self._last_nonfinite is not None and nonfinite > self._last_nonfinite:
+      self._consecutive += 1
+    else:
+      self._consecutive = 0
+    self._last_nonfinite = nonfinite
+    if self._consecutive >= self.max_nonfinite:
+      self.failure = (f"stopped at step {step}: {self._consecutive} consecutive steps had a "
+                      f"non-finite loss or gradient ({nonfinite} skipped in all); the last "
+                      "checkpoint is intact - lower --learning-rate or check the data")
+      self.model.stop_training = True
+      return
+    if self.engine.any(self.signal is not None):  # every worker stops at the same step
+      self.interrupted = self.signal or signal.SIGTERM
+      self.save(step)
+      self.model.stop_training = True
+    elif self.every and step % self.every == 0:
+      self.save(step)
+
+  def on_train_end(self, logs=None):
+    for signum, handler in self._previous_handlers.items():
+      signal.signal(signum, handler)
+    self._previous_handlers.clear()
+
+
+class Progress(tf_keras.callbacks.Callback):
+  """A progress bar with bits/dim and images/s; keeps the step times for metrics.json."""
+
+  def __init__(self, steps_per_epoch, epochs, images_per_step):
+    super().__init__()
+    self.steps_per_epoch, self.epochs, self.images_per_step = (steps_per_epoch, epochs,
+                                                               images_per_step)
+    self.step_times = []
+    self._bar = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    print(f"epoch {epoch + 1}/{self.epochs}", flush=True)
+    self._bar = tf_keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["images/s"])
+    self._epoch_start = self._batch_start = time.perf_counter()
+    self._images = 0
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._batch_start = time.perf_counter()
+
+  def on_train_batch_end(self, batch, logs=None):
+    now = time.perf_counter()
+    self.step_times.append(now - self._batch_start)
+    self._images += self.images_per_step
+    rate = self._images / max(now - self._epoch_start, 1e-9)
+    self._bar.update(min(batch + 1, self.steps_per_epoch),
+                     [("bits/dim", float(logs["bits_per_dim"])), ("images/s", rate)])
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs and "val_bits_per_dim" in logs:
+      print(f"  test bits/dim {logs['val_bits_per_dim']:.4f}", flush=True)
+
+  @property
+  def images_per_second(self):
+    times = self.step_times[1:] or self.step_times  # the first step includes tracing
+    return self.images_per_step / float(np.median(times)) if times else float("nan")
+
+
+def image_grid(images, scale=1):
+  """[N, H, W, C] uint8 -> one [rows*H, cols*W, C] uint8 grid."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  cols = int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / cols))
+  grid = np.zeros((rows * h, cols * w, c), np.uint8)
+  for index, image in enumerate(images):
+    r, col = divmod(index, cols)
+    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+  if scale > 1:
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  return grid
+
+
+def write_png(path, grid):
+  tmp = path + ".tmp"
+  tf.io.write_file(tmp, tf.io.encode_png(grid))
+  os.replace(tmp, path)
+
+
+class Report(tf_keras.callbacks.Callback):
+  """Rank 0 only: TensorBoard scalars (train/test bits/dim, lr) and sample grids at several
+  temperatures, also written as PNG files in the run folder."""
+
+  def __init__(self, run_dir, num_samples=64, seed=0):
+    super().__init__()
+    self.run_dir, self.num_samples, self.seed = run_dir, num_samples, seed
+    self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+    os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+
+  def samples(self, tag):
+    """Writes one grid per temperature; returns the PNG paths."""
+    scale = max(1, 64 // self.model.image_shape[0])
+    paths = []
+    for temperature in TEMPERATURES:
+      x = self.model.sample(self.num_samples, temperature=temperature, seed=self.seed)
+      grid = image_grid(self.model.to_images(x).numpy(), scale)
+      path = os.path.join(self.run_dir, "samples", f"{tag}_t{temperature:.1f}.png")
+      write_png(path, grid)
+      with self.writer.as_default():
+        tf.summary.image(f"samples/temperature_{temperature:.1f}", grid[None],
+                         step=int(self.model.step_counter.numpy()))
+      paths.append(path)
+    return paths
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = int(self.model.step_counter.numpy())
+    learning_rate = self.model.optimizer.learning_rate
+    if callable(learning_rate):
+      learning_rate = learning_rate(self.model.optimizer.iterations)
+    with self.writer.as_default():
+      if logs and "bits_per_dim" in logs:
+        tf.summary.scalar("train/bits_per_dim", logs["bits_per_dim"], step=step)
+      if logs and "val_bits_per_dim" in logs:
+        tf.summary.scalar("test/bits_per_dim", logs["val_bits_per_dim"], step=step)
+      tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(learning_rate)), step=step)
+    self.samples(f"epoch_{epoch + 1:04d}")
+    self.writer.flush()

@@ -1,0 +1,124 @@
+"""Datasets for training: scikit-learn's digits, TFDS datasets, or a folder of images.
+
+Everything yields uint8 images [H, W, C]; the model dequantises them itself. Nothing here ever
+downloads: a dataset that is not on disk gets a message saying how to get it.
+"""
+
+import glob
+import os
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+DIGITS_TRAIN = 1500  # of scikit-learn's 1,797 digits; the rest is the test split
+
+# What to tell a user whose TFDS dataset is missing; {data_dir} is filled in.
+_HOW_TO_GET = {
+    "celeb_a_hq/256": (
+        "celeb_a_hq needs a manual download: follow "
+        "https://www.tensorflow.org/datasets/catalog/celeb_a_hq to build the CelebA-HQ files, "
+        "put them in {data_dir}/downloads/manual, then run on a machine with internet:\n"
+        "  python -c \"import tensorflow_datasets as tfds; "
+        "tfds.builder('celeb_a_hq/256', data_dir='{data_dir}').download_and_prepare()\""),
+}
+_DEFAULT_HOW_TO_GET = (
+    "prepare it on a machine with internet access:\n"
+    "  python -c \"import tensorflow_datasets as tfds; "
+    "tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()\"\n"
+    "then copy {data_dir} here and pass --data-dir (training never downloads)")
+
+
+class MissingDatasetError(RuntimeError):
+  """The dataset is not on this machine; the message says how to get it."""
+
+
+def digits_images():
+  """scikit-learn's bundled 8x8 handwritten digits (values 0..16) as uint8 in [0, 255]."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  images = np.round(load_digits().images / 16.0 * 255.0).astype(np.uint8)[..., None]
+  order = np.random.default_rng(0).permutation(len(images))  # fixed split
+  return images[order[:DIGITS_TRAIN]], images[order[DIGITS_TRAIN:]]
+
+
+def _tfds_split(name, split, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    how = _HOW_TO_GET.get(name, _DEFAULT_HOW_TO_GET).format(name=name, data_dir=data_dir)
+    raise MissingDatasetError(f"dataset {name!r} is not prepared in {data_dir}; {how}")
+  available = builder.info.splits.keys()
+  if split not in available:  # downsampled_imagenet has train/validation, no test
+    split = "validation" if "validation" in available else "train"
+  return builder.as_dataset(split=split).map(lambda example: example["image"],
+                                             num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _folder_split(root, split, image_size, channels):
+  """Images under root/train and root/test, or all images of root split 90/10 by name."""
+  def files_in(folder):
+    return sorted(f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                  if f.lower().endswith(IMAGE_EXTENSIONS))
+
+  if os.path.isdir(os.path.join(root, "train")):
+    folder = os.path.join(root, "train" if split == "train" else "test")
+    files = files_in(folder)
+  else:
+    everything = files_in(root)
+    cut = max(1, int(len(everything) * 0.9)) if len(everything) > 1 else len(everything)
+    files = everything[:cut] if split == "train" else everything[cut:] or everything
+  if not files:
+    raise MissingDatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found for split "
+                              f"{split!r} under {root}")
+
+  def load(path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                               expand_animations=False)
+    image.set_shape([None, None, channels])
+    size = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])  # centre square crop
+    image = tf.image.resize_with_crop_or_pad(image, size, size)
+    image = tf.image.resize(image, [image_size, image_size], method="area")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+  return tf.data.Dataset.from_tensor_slices(files).map(load,
+                                                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_split(dataset, split, image_size, channels=3, data_dir=None):
+  """A dataset of uint8 images [image_size, image_size, C] for split "train" or "test".
+
+  `dataset`: "digits", a TFDS name (cifar10, downsampled_imagenet/32x32, ...), or a folder of
+  images (an existing path, or "folder:PATH").
+  """
+  if dataset == "digits":
+    train, test = digits_images()
+    return tf.data.Dataset.from_tensor_slices(train if split == "train" else test)
+  if dataset.startswith("folder:") or os.path.isdir(dataset):
+    root = dataset[len("folder:"):] if dataset.startswith("folder:") else dataset
+    if not os.path.isdir(root):
+      raise MissingDatasetError(f"image folder {root} does not exist")
+    return _folder_split(root, split, image_size, channels)
+  images = _tfds_split(dataset, split, data_dir)
+  return images.map(lambda image: tf.cast(tf.image.resize(image, [image_size, image_size],
+                                                          method="area"), tf.uint8))
+
+
+def image_channels(dataset):
+  return 1 if dataset == "digits" else 3
+
+
+def pipeline(images, batch_size, num_shards=1, shard_index=0, training=True, seed=0,
+             skip_batches=0):
+  """Shard per worker, shuffle (seeded, so a resumed run sees the same order), batch, prefetch.
+
+  Training data repeats forever; `skip_batches` fast-forwards a resumed run to where it was.
+  """
+  if num_shards > 1:
+    images = images.shard(num_shards, shard_index)
+  if training:
+    images = images.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+  images = images.batch(batch_size, drop_remainder=training)
+  if skip_batches:
+    images = images.skip(skip_batches)
+  return images.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,164 @@
+"""Distributed training behind one small interface: none, Horovod, or tf.distribute.
+
+Everything that differs between engines lives here: process rank and count, which GPU a
+process uses, how gradients are averaged, how variables are broadcast after the data-dependent
+initialisation, how metrics are averaged, and how the input is sharded.
+"""
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+class Engine:
+  """One process, no distribution."""
+
+  name = "single"
+
+  def __init__(self):
+    self.rank, self.size, self.local_rank = 0, 1, 0
+
+  @property
+  def is_chief(self):
+    return self.rank == 0
+
+  @property
+  def replicas(self):
+    """Replicas that each take `batch_size` images per step (processes x local devices)."""
+    return self.size
+
+  def scope(self):
+    return contextlib.nullcontext()
+
+  def prepare_model(self, model):
+    """Hooks gradient averaging into the model's train_step (nothing to do here)."""
+
+  def broadcast_variables(self, variables):
+    """Makes every worker hold rank 0's values (after the data-dependent init)."""
+
+  def average(self, values):
+    """Averages a dict of floats across workers (every worker must call it)."""
+    return dict(values)
+
+  def any(self, flag):
+    """True on every worker when `flag` is true on any (e.g. a SIGTERM seen by one)."""
+    return bool(flag)
+
+  def shard(self):
+    """(number of shards, this worker's shard) for the input pipeline."""
+    return 1, 0
+
+  def distribute(self, dataset):
+    return dataset
+
+  @property
+  def shared_init_batch(self):
+    """True when every worker must initialise from the same batch (no broadcast available)."""
+    return False
+
+
+class HorovodEngine(Engine):
+  """`horovodrun -np N python -m train ...`: one process per GPU (or CPU), Gloo or MPI."""
+
+  name = "horovod"
+
+  def __init__(self):
+    super().__init__()
+    try:
+      import horovod.tensorflow as hvd  # pylint: disable=g-import-not-at-top
+    except ImportError as error:
+      raise RuntimeError("Horovod is not installed in this environment: run `make horovod` "
+                         f"(builds Horovod 0.28.1 for this TensorFlow) ({error})") from error
+    self._hvd = hvd
+    hvd.init()
+    self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:  # one GPU per local rank
+      tf.config.set_visible_devices(gpus[self.local_rank % len(gpus)], "GPU")
+      tf.config.experimental.set_memory_growth(gpus[self.local_rank % len(gpus)], True)
+
+  def prepare_model(self, model):
+    model.gradient_tape_wrapper = self._hvd.DistributedGradientTape
+
+  def broadcast_variables(self, variables):
+    self._hvd.broadcast_variables(variables, root_rank=0)
+
+  def average(self, values):
+    keys = sorted(values)  # same order on every worker
+    stacked = tf.constant([float(values[k]) for k in keys], tf.float64)
+    averaged = self._hvd.allreduce(stacked, op=self._hvd.Average).numpy()
+    return dict(zip(keys, averaged.tolist()))
+
+  def any(self, flag):
+    total = self._hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self._hvd.Sum)
+    return float(total) > 0
+
+  def shard(self):
+    return self.size, self.rank
+
+
+class StrategyEngine(Engine):
+  """tf.distribute: "mirrored" (all GPUs of one host) or "multiworker" (TF_CONFIG)."""
+
+  def __init__(self, kind):
+    super().__init__()
+    self.name = kind
+    if kind == "mirrored":
+      self.strategy = tf.distribute.MirroredStrategy()
+    elif kind == "multiworker":
+      if "TF_CONFIG" not in os.environ:
+        raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
+                           "(see README: two workers on 127.0.0.1 ports)")
+      self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+      config = json.loads(os.environ["TF_CONFIG"])
+      task = config.get("task", {})
+      cluster = config.get("cluster", {})
+      self.size = sum(len(cluster.get(kind_, [])) for kind_ in ("chief", "worker"))
+      self.rank = task.get("index", 0) + (1 if task.get("type") == "worker" and
+                                          "chief" in cluster else 0)
+    else:
+      raise ValueError(f"unknown strategy {kind!r}; choose mirrored or multiworker")
+
+  @property
+  def replicas(self):
+    return self.strategy.num_replicas_in_sync
+
+  def scope(self):
+    return self.strategy.scope()
+
+  # broadcast_variables: nothing to do. Mirrored variables are kept identical by the strategy,
+  # and every worker runs the data-dependent init on the same batch (shared_init_batch).
+
+  def average(self, values):
+    return dict(values)  # Keras already reports the global (all-replica) values
+
+  @property
+  def shared_init_batch(self):
+    return True
+
+  def distribute(self, dataset):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def launched_by_horovod():
+  return any(name in os.environ for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK",
+                                             "PMI_RANK"))
+
+
+def make_engine(strategy=None):
+  """Horovod when launched by horovodrun/mpirun, tf.distribute when asked, else one process."""
+  if strategy:
+    return StrategyEngine(strategy)
+  if launched_by_horovod():
+    return HorovodEngine()
+  return Engine()
+
+
+def seed_for(engine, seed):
+  """Per-worker seed for data order and noise; weights come from rank 0 anyway."""
+  return int(np.uint32(seed * 1000 + engine.rank))

@@ -1,0 +1,238 @@
+"""The training run: model, data, distribution, checkpoints and outputs, from one config."""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfinvconv.models import Glow
+from train import callbacks as cb
+from train import data
+from train import distributed
+
+EXIT_NONFINITE = 3
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything a run needs (a preset fills most of it; flags override)."""
+  dataset: str = "digits"
+  image_size: int = 8
+  num_levels: int = 2
+  depth: int = 8
+  hidden_channels: int = 128
+  coupling: str = "affine"
+  n_bits: int = 8
+  batch_size: int = 64           # per replica (per GPU / process)
+  learning_rate: float = 1e-3    # per replica; scaled by the number of replicas
+  warmup_epochs: float = 1.0
+  epochs: int = 20
+  steps_per_epoch: int = 0       # 0: one pass over the (sharded) training set
+  kernel_size: int = 3
+  mixer: str = "inverse_conv"
+  implementation: str = "auto"
+  data_dir: str = ""
+  run_dir: str = ""
+  resume: bool = False
+  checkpoint_every: int = 100    # steps
+  max_nonfinite: int = 10        # consecutive skipped steps before giving up
+  seed: int = 0
+  strategy: str = ""             # "", "mirrored" or "multiworker"
+  num_samples: int = 64
+  verbose: bool = True
+
+
+class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up to `peak` over `warmup_steps`, then constant (openai/glow)."""
+
+  def __init__(self, peak, warmup_steps):
+    self.peak, self.warmup_steps = float(peak), max(1, int(warmup_steps))
+
+  def __call__(self, step):
+    fraction = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / self.warmup_steps)
+    return self.peak * fraction
+
+  def get_config(self):
+    return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+
+
+def _count_examples(dataset):
+  count = dataset.cardinality().numpy()
+  if count < 0:  # unknown (e.g. a folder): count once
+    count = sum(1 for _ in dataset)
+  return int(count)
+
+
+def run(config):
+  """Trains; returns a process exit code (0 done, 3 non-finite stop, 128+N on signal N)."""
+  engine = distributed.make_engine(config.strategy or None)
+  tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
+  run_dir = config.run_dir or os.path.join("runs", f"{config.dataset.replace('/', '_')}-"
+                                                    f"{config.mixer}")
+  chief = engine.is_chief
+  if chief:
+    os.makedirs(run_dir, exist_ok=True)
+  log = print if (chief and config.verbose) else (lambda *a, **k: None)
+
+  channels = data.image_channels(config.dataset)
+  train_images = data.load_split(config.dataset, "train", config.image_size, channels,
+                                 config.data_dir or None)
+  test_images = data.load_split(config.dataset, "test", config.image_size, channels,
+                                config.data_dir or None)
+  num_shards, shard_index = engine.shard()
+  global_batch = config.batch_size * engine.replicas
+  steps_per_epoch = config.steps_per_epoch or max(
+      1, _count_examples(train_images) // global_batch)
+  total_steps = config.epochs * steps_per_epoch
+
+  with engine.scope():
+    model = Glow((config.image_size, config.image_size, channels), config.num_levels,
+                 config.depth, config.hidden_channels, mixer=config.mixer,
+                 kernel_size=config.kernel_size, coupling=config.coupling,
+                 n_bits=config.n_bits, implementation=config.implementation,
+                 seed=distributed.seed_for(engine, config.seed))
+    engine.prepare_model(model)
+    schedule = WarmupSchedule(config.learning_rate * engine.replicas,
+                              config.warmup_epochs * steps_per_epoch)
+    optimizer = tf_keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer)
+  log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
+      f"{model.count_params():,} parameters; {steps_per_epoch} steps/epoch; run folder "
+      f"{os.path.abspath(run_dir)}")
+
+  # Checkpoints: rank 0 writes; other multi-worker replicas must join the save, into scratch.
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+  checkpoint_dir = os.path.join(run_dir, "checkpoints")
+  scratch = None
+  if not chief and engine.name == "multiworker":
+    scratch = tempfile.mkdtemp(prefix="tfinvconv-worker-")
+  manager = None
+  if chief or scratch:
+    manager = tf.train.CheckpointManager(checkpoint, scratch or checkpoint_dir, max_to_keep=3)
+
+  def save(step):
+    if manager is not None:  # CheckpointManager writes the index last, atomically
+      manager.save(checkpoint_number=step)
+
+  start_step = 0
+  latest = tf.train.latest_checkpoint(checkpoint_dir) if config.resume else None
+  if config.resume and latest is None and os.path.isdir(checkpoint_dir):
+    log("--resume: no checkpoint yet, starting from scratch")
+  if latest:
+    checkpoint.restore(latest)
+    start_step = int(model.step_counter.numpy())
+    log(f"resumed from {latest} at step {start_step}")
+  else:
+    # Data-dependent init on a real batch. Horovod: each worker its own, then rank 0's values
+    # are broadcast. tf.distribute: every worker uses the same batch (the unsharded stream).
+    shared = engine.shared_init_batch or num_shards == 1
+    init_source = data.pipeline(train_images, config.batch_size, training=True,
+                                seed=config.seed, num_shards=1 if shared else num_shards,
+                                shard_index=0 if shared else shard_index)
+    model.initialize(next(iter(init_source)))
+    engine.broadcast_variables(model.variables)
+
+  seed = distributed.seed_for(engine, config.seed)
+
+  def training_data(skip):
+    stream = data.pipeline(train_images, global_batch if engine.name != "horovod" else
+                           config.batch_size, num_shards, shard_index, training=True,
+                           seed=seed, skip_batches=skip)
+    return engine.distribute(stream)
+
+  test_data = engine.distribute(data.pipeline(
+      test_images, global_batch if engine.name != "horovod" else config.batch_size,
+      num_shards, shard_index, training=False))
+
+  control = cb.RunControl(engine, save, config.checkpoint_every, config.max_nonfinite)
+  callbacks = [cb.AverageMetrics(engine), control]
+  progress = cb.Progress(steps_per_epoch, config.epochs, global_batch)
+  report = None
+  if chief:
+    report = cb.Report(run_dir, config.num_samples, seed=config.seed)
+    if config.verbose:
+      callbacks.append(progress)
+    callbacks.append(report)
+
+  # Resuming mid-epoch: finish that epoch's remaining steps first, so the run takes exactly the
+  # steps (and data) an uninterrupted one would.
+  history = {}
+  step = start_step
+  while step < total_steps and not model.stop_training:
+    epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    steps = steps_per_epoch - done_in_epoch
+    fit_epochs = epoch + 1 if done_in_epoch else config.epochs
+    result = model.fit(training_data(step), epochs=fit_epochs, initial_epoch=epoch,
+                       steps_per_epoch=steps, validation_data=test_data,
+                       callbacks=callbacks, verbose=0)
+    for key, values in result.history.items():
+      history.setdefault(key, []).extend(values)
+    new_step = int(model.step_counter.numpy())
+    if new_step == step or control.interrupted or control.failure:
+      break
+    step = new_step
+
+  if control.failure:
+    if chief:
+      print(f"error: {control.failure}", file=sys.stderr, flush=True)
+    return EXIT_NONFINITE
+  step = int(model.step_counter.numpy())
+  if control.interrupted:
+    log(f"interrupted by signal {control.interrupted} at step {step}: checkpoint saved; "
+        "continue with --resume")
+    return 128 + int(control.interrupted)
+
+  save(step)
+  test_bpd = engine.average({"bpd": _evaluate(model, test_data)})["bpd"]
+  if scratch:
+    shutil.rmtree(scratch, ignore_errors=True)
+  _write_rank_summary(run_dir, engine, model, history)
+  if not chief:
+    return 0
+  sample_paths = report.samples("final")
+  metrics = {
+      "preset_dataset": config.dataset, "mixer": config.mixer, "steps": step,
+      "train_bits_per_dim": (history.get("bits_per_dim") or [float("nan")])[-1],
+      "test_bits_per_dim": test_bpd, "params": int(model.count_params()),
+      "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
+      "images_per_sec": progress.images_per_second,
+      "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
+      "replicas": engine.replicas,
+  }
+  metrics_path = os.path.join(run_dir, "metrics.json")
+  with open(metrics_path + ".tmp", "w") as f:
+    json.dump(metrics, f, indent=1)
+  os.replace(metrics_path + ".tmp", metrics_path)
+  log(f"done: test bits/dim {test_bpd:.4f} after {step} steps\n"
+      f"  samples:     {os.path.abspath(os.path.dirname(sample_paths[0]))}\n"
+      f"  tensorboard: tensorboard --logdir {os.path.abspath(os.path.join(run_dir, 'tensorboard'))}\n"
+      f"  metrics:     {os.path.abspath(metrics_path)}\n"
+      f"  checkpoints: {os.path.abspath(checkpoint_dir)}")
+  return 0
+
+
+def _write_rank_summary(run_dir, engine, model, history):
+  """Every worker records a checksum of its final weights (all must agree) and its losses."""
+  values = [np.asarray(v.numpy(), np.float64).ravel() for v in model.trainable_variables]
+  flat = np.concatenate(values)
+  summary = {"rank": engine.rank, "weights_sum": float(flat.sum()),
+             "weights_sum_of_squares": float(np.square(flat).sum()),
+             "first_epoch_bits_per_dim": (history.get("bits_per_dim") or [None])[0],
+             "last_epoch_bits_per_dim": (history.get("bits_per_dim") or [None])[-1]}
+  folder = os.path.join(run_dir, "ranks")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"rank{engine.rank}.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _evaluate(model, test_data):
+  result = model.evaluate(test_data, return_dict=True, verbose=0)
+  return float(result["bits_per_dim"])
