@@ -111,18 +111,20 @@ class Progress(tf_keras.callbacks.Callback):
     return self.images_per_step / float(np.median(times)) if times else float("nan")
 
 
-def image_grid(images, scale=1):
-  """[N, H, W, C] uint8 -> one [rows*H, cols*W, C] uint8 grid."""
+def image_grid(images, scale=1, gap=2):
+  """[N, H, W, C] uint8 -> one grid image, cells `scale`-times enlarged and `gap` pixels
+  apart on a mid-grey background (so neighbouring samples do not run into each other)."""
   images = np.asarray(images)
+  if scale > 1:
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
   n, h, w, c = images.shape
   cols = int(np.ceil(np.sqrt(n)))
   rows = int(np.ceil(n / cols))
-  grid = np.zeros((rows * h, cols * w, c), np.uint8)
+  grid = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, c), 128, np.uint8)
   for index, image in enumerate(images):
     r, col = divmod(index, cols)
-    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
-  if scale > 1:
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    top, left = gap + r * (h + gap), gap + col * (w + gap)
+    grid[top:top + h, left:left + w] = image
   return grid
 
 
@@ -144,7 +146,7 @@ class Report(tf_keras.callbacks.Callback):
 
   def samples(self, tag):
     """Writes one grid per temperature; returns the PNG paths."""
-    scale = max(1, 64 // self.model.image_shape[0])
+    scale = max(1, 32 // self.model.image_shape[0])
     paths = []
     for temperature in TEMPERATURES:
       x = self.model.sample(self.num_samples, temperature=temperature, seed=self.seed)
