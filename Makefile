@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
-.PHONY: setup demo train test bench cuda-check gpu-selftest horovod clean
+.PHONY: setup demo train test bench bench-quick cuda-check gpu-selftest horovod clean
 
 setup: $(OP_LIBRARY)
 
@@ -68,8 +68,12 @@ $(HOROVOD): $(OP_LIBRARY)
 test: setup horovod
 	$(PY) -m pytest -q tests
 
+# Every benchmark table (results in benchmarks/results/); bench-quick is CI's smoke run.
 bench: setup
-	$(PY) benchmarks/bench_ops.py
+	$(PY) -m benchmarks
+
+bench-quick: setup
+	$(PY) -m benchmarks --quick
 
 # Compile-only check of every CUDA source (there is no GPU here): the framework-free core and
 # self-test, and the TF wrapper with GOOGLE_CUDA on (TF's GPU headers need the CUDA shim).

@@ -23,6 +23,7 @@ import tf_keras
 from sklearn.datasets import load_digits
 
 from tfinvconv.models import Glow
+from tfinvconv.models.glow import dequantize
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -37,11 +38,11 @@ def load_data():
 
 
 class TfpGlow:
-  """tfp.bijectors.Glow behind the same small interface as our model."""
+  """tfp.bijectors.Glow behind the same small interface as our model (same data handling)."""
 
-  def __init__(self, model_like, levels, depth, hidden):
-    self._ours = model_like  # borrow preprocessing so both see identical data handling
-    h, w, c = model_like.image_shape
+  def __init__(self, image_shape, levels, depth, hidden, n_bits=8):
+    self.image_shape, self.n_bits = tuple(image_shape), n_bits
+    h, w, c = self.image_shape
     self.bijector = tfb.Glow(
         output_shape=(h, w, c), num_glow_blocks=levels, num_steps_per_block=depth,
         coupling_bijector_fn=lambda shape: tfb.GlowDefaultNetwork(shape, num_hidden=hidden),
@@ -50,14 +51,20 @@ class TfpGlow:
     self.distribution = tfd.TransformedDistribution(
         tfd.Sample(tfd.Normal(0.0, 1.0), [size]), self.bijector)
     self.num_dims = size
-    self.n_bins = model_like.n_bins
+    self.n_bins = 2 ** n_bits
 
   @property
   def trainable_variables(self):
     return self.bijector.trainable_variables
 
+  def preprocess(self, images):
+    return dequantize(images, self.n_bits)
+
+  def log_prob(self, x):
+    return self.distribution.log_prob(x)
+
   def bits_per_dim(self, images):
-    log_prob = self.distribution.log_prob(self._ours.preprocess(images))
+    log_prob = self.distribution.log_prob(self.preprocess(images))
     log_prob -= self.num_dims * math.log(self.n_bins)
     return -log_prob / (self.num_dims * math.log(2.0))
 
@@ -84,7 +91,7 @@ def main():
       "ours_1x1": Glow((16, 16, 1), levels, depth, hidden, mixer="1x1"),
       "ours_inverse_conv": Glow((16, 16, 1), levels, depth, hidden, mixer="inverse_conv"),
   }
-  models["tfp_glow"] = TfpGlow(models["ours_1x1"], levels, depth, hidden)
+  models["tfp_glow"] = TfpGlow((16, 16, 1), levels, depth, hidden)
   optimizers = {name: tf_keras.optimizers.Adam(1e-3) for name in models}
   data = iter(tf.data.Dataset.from_tensor_slices(train).shuffle(1500, seed=0).repeat()
               .batch(batch, drop_remainder=True))

@@ -132,11 +132,11 @@ def markdown(rows, meta):
   return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="two small shapes, 3 repeats")
   parser.add_argument("--repeats", type=int, default=None)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   repeats = args.repeats or (3 if args.quick else 15)
   shapes = [(16, 16, 12), (16, 16, 48)] if args.quick else [
       (16, size, channels) for size in (16, 32, 64) for channels in (12, 48)]

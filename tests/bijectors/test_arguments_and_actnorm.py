@@ -41,8 +41,10 @@ def test_argument_errors_name_the_problem():
     tib.InverseConv(2.5)
   with pytest.raises(ValueError, match="kernel_size must be odd"):
     tib.EmergingConv(4, kernel_size=4)
-  with pytest.raises(ValueError, match="kernel_size must be in 1..32"):
+  with pytest.raises(ValueError, match="kernel_size must be at least 1"):
     tib.InverseConv(4, kernel_size=0)
+  with pytest.raises(ValueError, match="kernel_size must be at most 32"):
+    tib.InverseConv(4, kernel_size=33)
   with pytest.raises(ValueError, match="unknown corner 'centre'"):
     tib.InverseConv(4, corner="centre")
   with pytest.raises(ValueError, match="unknown implementation"):

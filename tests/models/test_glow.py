@@ -156,7 +156,7 @@ def test_bad_configuration_says_what_to_change():
     Glow((8, 8, 1), coupling="spline")
   with pytest.raises(ValueError, match="odd kernel_size"):
     Glow((8, 8, 1), mixer="emerging", kernel_size=2)
-  with pytest.raises(ValueError, match="depth must be a positive int"):
+  with pytest.raises(ValueError, match="depth must be at least 1"):
     Glow((8, 8, 1), depth=0)
   with pytest.raises(ValueError, match="image_shape must be"):
     Glow((8, 8))

@@ -5,12 +5,19 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
 
+def check_int(value, name, minimum=1, maximum=None):
+  """An int argument in [minimum, maximum]; errors name the argument and the allowed range."""
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be an int, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be at least {minimum}, got {value}")
+  if maximum is not None and value > maximum:
+    raise ValueError(f"{name} must be at most {maximum}, got {value}")
+  return value
+
+
 def check_num_channels(num_channels, minimum=1):
-  if isinstance(num_channels, bool) or not isinstance(num_channels, int):
-    raise TypeError(f"num_channels must be an int, got {num_channels!r}")
-  if num_channels < minimum:
-    raise ValueError(f"num_channels must be at least {minimum}, got {num_channels}")
-  return num_channels
+  return check_int(num_channels, "num_channels", minimum)
 
 
 def check_dtype(dtype):

@@ -30,10 +30,7 @@ class AffineCoupling(_image.ImageBijector):
   def __init__(self, num_channels, hidden_channels=512, additive=False, dtype=tf.float32,
                validate_args=False, name="affine_coupling"):
     parameters = dict(locals())
-    if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int):
-      raise TypeError(f"hidden_channels must be an int, got {hidden_channels!r}")
-    if hidden_channels < 1:
-      raise ValueError(f"hidden_channels must be at least 1, got {hidden_channels}")
+    _image.check_int(hidden_channels, "hidden_channels")
     with tf.name_scope(name) as name:
       super().__init__(num_channels, dtype, validate_args, name, parameters, min_channels=2)
       self._additive = bool(additive)

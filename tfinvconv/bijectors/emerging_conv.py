@@ -24,9 +24,8 @@ class EmergingConv(_image.ImageBijector):
   def __init__(self, num_channels, kernel_size=3, implementation="auto", dtype=tf.float32,
                validate_args=False, name="emerging_conv"):
     parameters = dict(locals())
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
-      raise TypeError(f"kernel_size must be an int, got {kernel_size!r}")
-    if kernel_size < 1 or kernel_size % 2 == 0:
+    _image.check_int(kernel_size, "kernel_size")
+    if kernel_size % 2 == 0:
       raise ValueError(f"kernel_size must be odd and positive (a centred receptive field), "
                        f"got {kernel_size}")
     with tf.name_scope(name) as name:

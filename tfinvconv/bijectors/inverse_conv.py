@@ -35,11 +35,7 @@ class InverseConv(_image.ImageBijector):
                implementation="auto", dtype=tf.float32, validate_args=False,
                name="inverse_conv"):
     parameters = dict(locals())
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
-      raise TypeError(f"kernel_size must be an int, got {kernel_size!r}")
-    if not 1 <= kernel_size <= causal_conv.MAX_KERNEL_SIZE:
-      raise ValueError(f"kernel_size must be in 1..{causal_conv.MAX_KERNEL_SIZE}, got "
-                       f"{kernel_size}")
+    _image.check_int(kernel_size, "kernel_size", 1, causal_conv.MAX_KERNEL_SIZE)
     if corner not in ops.CORNERS:
       raise ValueError(f"unknown corner {corner!r}; expected one of {', '.join(ops.CORNERS)}")
     if implementation not in ops.IMPLEMENTATIONS:

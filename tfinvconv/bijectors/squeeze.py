@@ -16,11 +16,7 @@ class Squeeze(tfp.bijectors.Bijector):
 
   def __init__(self, factor=2, validate_args=False, name="squeeze"):
     parameters = dict(locals())
-    if isinstance(factor, bool) or not isinstance(factor, int):
-      raise TypeError(f"factor must be an int, got {factor!r}")
-    if factor < 1:
-      raise ValueError(f"factor must be at least 1, got {factor}")
-    self._factor = factor
+    self._factor = _image.check_int(factor, "factor")
     with tf.name_scope(name) as name:
       super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
                        is_constant_jacobian=True, validate_args=validate_args,

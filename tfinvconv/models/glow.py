@@ -15,10 +15,21 @@ MIXERS = ("1x1", "nxn", "inverse_conv", "finc", "emerging")
 COUPLINGS = ("affine", "additive")
 
 
-def _positive_int(value, name):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
-  return value
+def dequantize(images, n_bits, dtype=tf.float32, noise=True, seed=None):
+  """Glow's data handling: uint8 images (or floats in [0, 255]) reduced to `n_bits`, scaled to
+  [-0.5, 0.5) and spread over their bin by uniform noise. `seed` ([2] ints) makes the noise
+  stateless, so a resumed run draws exactly what an uninterrupted one would."""
+  n_bins = 2 ** n_bits
+  x = tf.cast(images, dtype)
+  if n_bits < 8:
+    x = tf.floor(x / 2 ** (8 - n_bits))
+  x = x / n_bins - 0.5
+  if noise:
+    if seed is None:
+      x += tf.random.uniform(tf.shape(x), 0, 1.0 / n_bins, dtype=dtype)
+    else:
+      x += tf.random.stateless_uniform(tf.shape(x), seed, 0, 1.0 / n_bins, dtype=dtype)
+  return x
 
 
 def make_mixer(mixer, channels, kernel_size, implementation, dtype, seed):
@@ -77,10 +88,10 @@ class Glow(tf_keras.Model):
     if len(image_shape) != 3:
       raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
     height, width, channels = (int(v) for v in image_shape)
-    _positive_int(num_levels, "num_levels")
-    _positive_int(depth, "depth")
-    _positive_int(hidden_channels, "hidden_channels")
-    _positive_int(channels, "the number of image channels")
+    _image.check_int(num_levels, "num_levels")
+    _image.check_int(depth, "depth")
+    _image.check_int(hidden_channels, "hidden_channels")
+    _image.check_int(channels, "the number of image channels")
     if mixer not in MIXERS:
       raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
     if coupling not in COUPLINGS:
@@ -203,22 +214,8 @@ class Glow(tf_keras.Model):
   # ---- images --------------------------------------------------------------------------------
 
   def preprocess(self, images, noise=True, seed=None):
-    """uint8 (or float in [0, 255]) images -> continuous scaled data, Glow's way.
-
-    `seed` (shape [2] ints) makes the dequantisation noise stateless, so a resumed run draws
-    exactly the noise an uninterrupted one would.
-    """
-    x = tf.cast(images, self._flow_dtype)
-    if self.n_bits < 8:
-      x = tf.floor(x / 2 ** (8 - self.n_bits))
-    x = x / self.n_bins - 0.5
-    if noise:
-      width = 1.0 / self.n_bins
-      if seed is None:
-        x += tf.random.uniform(tf.shape(x), 0, width, dtype=self._flow_dtype)
-      else:
-        x += tf.random.stateless_uniform(tf.shape(x), seed, 0, width, dtype=self._flow_dtype)
-    return x
+    """uint8 images -> continuous scaled data (see `dequantize`)."""
+    return dequantize(images, self.n_bits, self._flow_dtype, noise, seed)
 
   def to_images(self, x):
     """Continuous scaled data -> uint8 images (the bins' lower edges, as openai/glow)."""

@@ -1,0 +1,161 @@
+"""Model-level tables in the form of Inverse-Flow's Tables 7/8 (input size) and 10 (kernel size).
+
+Every row of a table is measured in one process, models interleaved call by call, as medians
+(min-max) over repeats after warm-up. Peak memory is measured per configuration in a fresh
+process (`--memory MODEL SIZE`). Architecture: the slides write "K = 2, L = 32"; in Glow's
+notation (the slides' Table 3: "block size K = 16, number of blocks L = 2") K is the steps per
+level and L the levels, and 32 levels cannot exist below 2^32 pixels, so we read it as K = 32
+steps per level, L = 2 levels. Hidden width is reduced to fit this 2-core CPU (see the config
+line of each table), and the batch / sample size of 100 is scaled down with the image size.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.bench_glow_vs_tfp import TfpGlow
+from tfinvconv.models import Glow
+
+MODELS = ("inverse_conv", "finc", "1x1", "tfp_glow")
+# Images per batch (and samples drawn) per input size: the slides use 100; a 2-core CPU cannot.
+BATCH = {16: 100, 32: 32, 64: 8, 128: 2, 256: 1}
+
+
+def build(name, size, depth, hidden, levels=2, kernel_size=3, channels=3):
+  if name == "tfp_glow":
+    return TfpGlow((size, size, channels), levels, depth, hidden)
+  return Glow((size, size, channels), levels, depth, hidden, mixer=name,
+              kernel_size=kernel_size)
+
+
+def _params(model):
+  return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def make_callables(model, batch, seed=0):
+  """Compiled forward (log-prob of a batch), training step and sampling."""
+  rng = np.random.default_rng(seed)
+  images = tf.constant(rng.integers(0, 256, size=(batch,) + model.image_shape), tf.uint8)
+  x = model.preprocess(images)
+  optimizer = __import__("tf_keras").optimizers.Adam(1e-4)
+  if isinstance(model, Glow):
+    model.initialize(images)
+
+  @tf.function
+  def forward():
+    return model.log_prob(x)
+
+  @tf.function
+  def train_step():
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(model.log_prob(x))
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  @tf.function
+  def sample():
+    return model.sample(batch)
+
+  return {"forward": forward, "train_step": train_step, "sample": sample}
+
+
+def _time(fn):
+  start = time.perf_counter()
+  tf.nest.map_structure(lambda t: t.numpy(), fn())
+  return 1e3 * (time.perf_counter() - start)
+
+
+def measure(configs, repeats):
+  """configs: {key: (model, batch)}. Returns {key: {measure: [ms, ...]}}, interleaved."""
+  callables = {key: make_callables(model, batch) for key, (model, batch) in configs.items()}
+  for fns in callables.values():  # trace + warm up
+    for fn in fns.values():
+      _time(fn)
+  times = {key: {m: [] for m in fns} for key, fns in callables.items()}
+  for _ in range(repeats):
+    for key, fns in callables.items():
+      for measure_name, fn in fns.items():
+        times[key][measure_name].append(_time(fn))
+  return times
+
+
+def summarise(values):
+  return {"median_ms": float(np.median(values)), "min_ms": float(np.min(values)),
+          "max_ms": float(np.max(values))}
+
+
+def peak_memory_gb(name, size, depth, hidden, kernel_size=3):
+  """Peak RSS of a fresh process that builds the model and runs one training step + sampling."""
+  command = [sys.executable, "-m", "benchmarks.bench_models", "--memory", name, str(size),
+             "--depth", str(depth), "--hidden", str(hidden), "--kernel-size", str(kernel_size)]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+  if result.returncode != 0:
+    return None
+  return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_gb"]
+
+
+def _memory_main(name, size, depth, hidden, kernel_size):
+  model = build(name, size, depth, hidden, kernel_size=kernel_size)
+  fns = make_callables(model, BATCH[size])
+  fns["train_step"]()
+  fns["sample"]()
+  peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  print(json.dumps({"peak_rss_gb": peak_kb / 2 ** 20}))
+
+
+def size_table(sizes, depth, hidden, repeats, memory=True, models=MODELS):
+  rows = []
+  for size in sizes:
+    configs = {name: (build(name, size, depth, hidden), BATCH[size]) for name in models}
+    times = measure(configs, repeats)
+    for name in models:
+      row = {"model": name, "size": size, "batch": BATCH[size],
+             "params": _params(configs[name][0])}
+      for measure_name, values in times[name].items():
+        row[measure_name] = summarise(values)
+      row["peak_rss_gb"] = peak_memory_gb(name, size, depth, hidden) if memory else None
+      rows.append(row)
+    print(f"measured size {size}", flush=True)
+  return rows
+
+
+def kernel_table(kernel_sizes, size, depth, hidden, repeats):
+  configs = {k: (build("inverse_conv", size, depth, hidden, kernel_size=k), BATCH[size])
+             for k in kernel_sizes}
+  times = measure(configs, repeats)
+  rows = []
+  for k in kernel_sizes:
+    row = {"kernel_size": k, "size": size, "batch": BATCH[size],
+           "params": _params(configs[k][0])}
+    for measure_name, values in times[k].items():
+      row[measure_name] = summarise(values)
+    rows.append(row)
+  return rows
+
+
+def fit_exponent(xs, ys):
+  """b in y ~ a * x^b (least squares in log-log)."""
+  return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--memory", nargs=2, metavar=("MODEL", "SIZE"))
+  parser.add_argument("--depth", type=int, default=32)
+  parser.add_argument("--hidden", type=int, default=64)
+  parser.add_argument("--kernel-size", type=int, default=3)
+  args = parser.parse_args()
+  if args.memory:
+    _memory_main(args.memory[0], int(args.memory[1]), args.depth, args.hidden,
+                 args.kernel_size)
+
+
+if __name__ == "__main__":
+  main()
