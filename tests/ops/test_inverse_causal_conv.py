@@ -140,12 +140,15 @@ def test_kernel_size_one_is_a_triangular_channel_solve():
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
-def test_large_image_uses_tiles_and_matches_tf_path():
-  """Batch 1 and a 40x37 image exercise the CPU kernel's tiled wavefront."""
+@pytest.mark.parametrize("k,channels", [(3, 5), (20, 2)])
+def test_large_image_uses_tiles_and_matches_tf_path(k, channels):
+  """Batch 1 and a 40x37 image exercise the CPU kernel's tiled wavefront: 16-pixel tiles for
+  k = 3, (k-1)-pixel tiles (the smallest that keeps dependencies on earlier diagonals) for k = 20,
+  with partial tiles at the right and bottom."""
   rng = np.random.default_rng(11)
-  kernel = rng.normal(scale=0.05, size=(3, 3, 5, 5))
-  kernel[2, 2] += np.eye(5)
-  y = rng.normal(size=(1, 40, 37, 5))
+  kernel = rng.normal(scale=0.05 / k, size=(k, k, channels, channels))
+  kernel[k - 1, k - 1] += np.eye(channels)
+  y = rng.normal(size=(1, 40, 37, channels))
   for corner in ref.CORNERS:
     x = ops.inverse_causal_conv2d(y, kernel, corner, implementation="custom_op")
     np.testing.assert_allclose(ops.causal_conv2d(x, kernel, corner).numpy(), y, atol=1e-10)

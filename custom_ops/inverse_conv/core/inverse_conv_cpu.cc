@@ -246,11 +246,14 @@ void CausalSolveCpu(const SolveShape& s, const T* rhs, const T* kernel, Corner c
   // (r-1,c) and (r,c-1) only, because tiles are at least k-1 pixels wide).
   const int64_t tile = s.batch >= 8 ? std::max(s.height, s.width) : std::max<int64_t>(k - 1, 16);
   const int64_t tile_rows = (s.height + tile - 1) / tile, tile_cols = (s.width + tile - 1) / tile;
-  const int64_t cost_per_pixel = 2 * k * k * c * plan.padded;
+  // Cost hint for the thread pool, in double and clamped: it can exceed int64 for huge inputs.
+  const double cost = 2.0 * k * k * c * plan.padded * std::min(tile, s.height) *
+                      std::min(tile, s.width);
+  const int64_t cost_per_tile = static_cast<int64_t>(std::min(cost, 1e15));
   for (int64_t d = 0; d < tile_rows + tile_cols - 1; ++d) {
     const int64_t r0 = std::max<int64_t>(0, d - tile_cols + 1), r1 = std::min(d, tile_rows - 1);
     const int64_t per_image = r1 - r0 + 1;
-    parallel_for(s.batch * per_image, cost_per_pixel * tile * tile, [&](int64_t begin, int64_t end) {
+    parallel_for(s.batch * per_image, cost_per_tile, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / per_image, r = r0 + item % per_image, cc = d - r;
         const int64_t h0 = r * tile, w0 = cc * tile;
