@@ -26,31 +26,49 @@ class AverageMetrics(tf_keras.callbacks.Callback):
       logs.update(self.engine.average(logs))
 
 
-class RunControl(tf_keras.callbacks.Callback):
-  """Checkpoints every `every` steps and at the end; on SIGTERM/SIGINT saves and stops; stops
-  (without saving) after `max_nonfinite` consecutive skipped non-finite steps."""
+class SignalFlag:
+  """Records SIGTERM/SIGINT for the whole run (a `with` block) instead of dying at once, so
+  the run can save a checkpoint at the next step boundary."""
 
-  def __init__(self, engine, save, every, max_nonfinite):
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, self._record)
+    return self
+
+  def _record(self, signum, frame):  # pylint: disable=unused-argument
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+
+class RunControl(tf_keras.callbacks.Callback):
+  """Checkpoints every `every` steps; on SIGTERM/SIGINT (seen by any worker) saves and stops
+  every worker at the same step; stops (without saving) after `max_nonfinite` consecutive
+  skipped non-finite steps."""
+
+  def __init__(self, engine, save, every, max_nonfinite, signals):
     super().__init__()
     self.engine, self.save, self.every, self.max_nonfinite = engine, save, every, max_nonfinite
-    self.signal = None          # the signal that arrived, if any
+    self.signals = signals
     self.interrupted = None     # the signal we stopped for
     self.failure = None         # why training had to stop
     self._consecutive = 0
     self._last_nonfinite = None
-    self._previous_handlers = {}
 
   def on_train_begin(self, logs=None):
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
-    self.signal = signum
+    self._last_nonfinite = int(self.model.nonfinite_steps.numpy())
 
   def on_train_batch_end(self, batch, logs=None):
     step = int(self.model.step_counter.numpy())
     nonfinite = int(self.model.nonfinite_steps.numpy())
-    if self._last_nonfinite is not None and nonfinite > self._last_nonfinite:
+    if nonfinite > self._last_nonfinite:
       self._consecutive += 1
     else:
       self._consecutive = 0
@@ -61,32 +79,30 @@ class RunControl(tf_keras.callbacks.Callback):
                       "checkpoint is intact - lower --learning-rate or check the data")
       self.model.stop_training = True
       return
-    if self.engine.any(self.signal is not None):  # every worker stops at the same step
-      self.interrupted = self.signal or signal.SIGTERM
+    if self.engine.any(self.signals.signum is not None):  # all workers stop at this step
+      self.interrupted = self.signals.signum or signal.SIGTERM
       self.save(step)
       self.model.stop_training = True
     elif self.every and step % self.every == 0:
       self.save(step)
 
-  def on_train_end(self, logs=None):
-    for signum, handler in self._previous_handlers.items():
-      signal.signal(signum, handler)
-    self._previous_handlers.clear()
-
 
 class Progress(tf_keras.callbacks.Callback):
   """A progress bar with bits/dim and images/s; keeps the step times for metrics.json."""
 
-  def __init__(self, steps_per_epoch, epochs, images_per_step):
+  def __init__(self, steps_per_epoch, epochs, images_per_step, show=True):
     super().__init__()
     self.steps_per_epoch, self.epochs, self.images_per_step = (steps_per_epoch, epochs,
                                                                images_per_step)
+    self.show = show
     self.step_times = []
     self._bar = None
 
   def on_epoch_begin(self, epoch, logs=None):
-    print(f"epoch {epoch + 1}/{self.epochs}", flush=True)
-    self._bar = tf_keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["images/s"])
+    if self.show:
+      print(f"epoch {epoch + 1}/{self.epochs}", flush=True)
+    self._bar = tf_keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["images/s"],
+                                       verbose=1 if self.show else 0)
     self._epoch_start = self._batch_start = time.perf_counter()
     self._images = 0
 
@@ -102,7 +118,7 @@ class Progress(tf_keras.callbacks.Callback):
                      [("bits/dim", float(logs["bits_per_dim"])), ("images/s", rate)])
 
   def on_epoch_end(self, epoch, logs=None):
-    if logs and "val_bits_per_dim" in logs:
+    if self.show and logs and "val_bits_per_dim" in logs:
       print(f"  test bits/dim {logs['val_bits_per_dim']:.4f}", flush=True)
 
   @property

@@ -51,6 +51,10 @@ class Engine:
     """(number of shards, this worker's shard) for the input pipeline."""
     return 1, 0
 
+  def broadcast_object(self, value):
+    """Rank 0's value of a small picklable object, on every worker."""
+    return value
+
   def distribute(self, dataset):
     return dataset
 
@@ -99,6 +103,9 @@ class HorovodEngine(Engine):
   def shard(self):
     return self.size, self.rank
 
+  def broadcast_object(self, value):
+    return self._hvd.broadcast_object(value, root_rank=0)
+
 
 class StrategyEngine(Engine):
   """tf.distribute: "mirrored" (all GPUs of one host) or "multiworker" (TF_CONFIG)."""
@@ -134,6 +141,15 @@ class StrategyEngine(Engine):
 
   def average(self, values):
     return dict(values)  # Keras already reports the global (all-replica) values
+
+  def any(self, flag):
+    if self.name != "multiworker":
+      return bool(flag)  # one process
+    # A collective: every worker calls this once per step and all see the same answer.
+    value = tf.constant(1.0 if flag else 0.0)
+    total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                 self.strategy.run(lambda: tf.identity(value)), axis=None)
+    return float(total) > 0
 
   @property
   def shared_init_batch(self):

@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -30,7 +32,8 @@ class Config:
   coupling: str = "affine"
   n_bits: int = 8
   batch_size: int = 64           # per replica (per GPU / process)
-  learning_rate: float = 1e-3    # per replica; scaled by the number of replicas
+  learning_rate: float = 1e-3    # per replica; times the number of replicas with scale_lr
+  scale_lr: bool = True          # Horovod's convention; openai/glow did not scale (8 GPUs, 1e-3)
   warmup_epochs: float = 1.0
   epochs: int = 20
   steps_per_epoch: int = 0       # 0: one pass over the (sharded) training set
@@ -71,6 +74,11 @@ def _count_examples(dataset):
 
 def run(config):
   """Trains; returns a process exit code (0 done, 3 non-finite stop, 128+N on signal N)."""
+  with cb.SignalFlag() as signals:
+    return _run(config, signals)
+
+
+def _run(config, signals):
   engine = distributed.make_engine(config.strategy or None)
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
   run_dir = config.run_dir or os.path.join("runs", f"{config.dataset.replace('/', '_')}-"
@@ -98,9 +106,10 @@ def run(config):
                  n_bits=config.n_bits, implementation=config.implementation,
                  seed=distributed.seed_for(engine, config.seed))
     engine.prepare_model(model)
-    schedule = WarmupSchedule(config.learning_rate * engine.replicas,
-                              config.warmup_epochs * steps_per_epoch)
+    peak = config.learning_rate * (engine.replicas if config.scale_lr else 1)
+    schedule = WarmupSchedule(peak, config.warmup_epochs * steps_per_epoch)
     optimizer = tf_keras.optimizers.Adam(schedule)
+    optimizer.build(model.trainable_variables)  # slots exist now: restorable and broadcastable
     model.compile(optimizer=optimizer)
   log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
       f"{model.count_params():,} parameters; {steps_per_epoch} steps/epoch; run folder "
@@ -120,14 +129,17 @@ def run(config):
     if manager is not None:  # CheckpointManager writes the index last, atomically
       manager.save(checkpoint_number=step)
 
-  start_step = 0
-  latest = tf.train.latest_checkpoint(checkpoint_dir) if config.resume else None
-  if config.resume and latest is None and os.path.isdir(checkpoint_dir):
+  # Rank 0 decides whether to resume (other ranks may not see its files); Horovod then
+  # broadcasts rank 0's restored weights and optimizer state.
+  latest = tf.train.latest_checkpoint(checkpoint_dir) if (config.resume and chief) else None
+  latest = engine.broadcast_object(latest)
+  if config.resume and latest is None:
     log("--resume: no checkpoint yet, starting from scratch")
   if latest:
-    checkpoint.restore(latest)
-    start_step = int(model.step_counter.numpy())
-    log(f"resumed from {latest} at step {start_step}")
+    if os.path.exists(latest + ".index"):
+      checkpoint.restore(latest).assert_existing_objects_matched()
+    engine.broadcast_variables(model.variables + optimizer.variables)
+    log(f"resumed from {latest} at step {int(model.step_counter.numpy())}")
   else:
     # Data-dependent init on a real batch. Horovod: each worker its own, then rank 0's values
     # are broadcast. tf.distribute: every worker uses the same batch (the unsharded stream).
@@ -137,8 +149,11 @@ def run(config):
                                 shard_index=0 if shared else shard_index)
     model.initialize(next(iter(init_source)))
     engine.broadcast_variables(model.variables)
+  start_step = int(model.step_counter.numpy())
 
-  seed = distributed.seed_for(engine, config.seed)
+  # Data order: Horovod shards first, then each rank shuffles its shard with its own seed;
+  # tf.distribute shards batches afterwards (DATA policy), which needs the same order everywhere.
+  seed = config.seed if engine.shared_init_batch else distributed.seed_for(engine, config.seed)
 
   def training_data(skip):
     stream = data.pipeline(train_images, global_batch if engine.name != "horovod" else
@@ -150,14 +165,13 @@ def run(config):
       test_images, global_batch if engine.name != "horovod" else config.batch_size,
       num_shards, shard_index, training=False))
 
-  control = cb.RunControl(engine, save, config.checkpoint_every, config.max_nonfinite)
-  callbacks = [cb.AverageMetrics(engine), control]
-  progress = cb.Progress(steps_per_epoch, config.epochs, global_batch)
+  control = cb.RunControl(engine, save, config.checkpoint_every, config.max_nonfinite, signals)
+  progress = cb.Progress(steps_per_epoch, config.epochs, global_batch,
+                         show=chief and config.verbose)
+  callbacks = [cb.AverageMetrics(engine), control, progress]
   report = None
   if chief:
     report = cb.Report(run_dir, config.num_samples, seed=config.seed)
-    if config.verbose:
-      callbacks.append(progress)
     callbacks.append(report)
 
   # Resuming mid-epoch: finish that epoch's remaining steps first, so the run takes exactly the
@@ -177,6 +191,10 @@ def run(config):
     if new_step == step or control.interrupted or control.failure:
       break
     step = new_step
+    if step < total_steps and engine.any(signals.signum is not None):  # between two fits
+      control.interrupted = signals.signum or signal.SIGTERM
+      save(step)
+      break
 
   if control.failure:
     if chief:
@@ -205,6 +223,8 @@ def run(config):
       "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
       "replicas": engine.replicas,
   }
+  metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in metrics.items()}  # strict JSON: no NaN
   metrics_path = os.path.join(run_dir, "metrics.json")
   with open(metrics_path + ".tmp", "w") as f:
     json.dump(metrics, f, indent=1)

@@ -272,14 +272,19 @@ class Glow(tf_keras.Model):
     under_strategy = tf.distribute.has_strategy() and replica_context is not None
     replicas = replica_context.num_replicas_in_sync if under_strategy else 1
     with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(self.bits_per_dim(images, seed=seed))
+      per_image = self.bits_per_dim(images, seed=seed)
+      loss = tf.reduce_mean(per_image)
       scaled_loss = loss / replicas  # the optimizer sums the replicas' gradients
     if self.gradient_tape_wrapper is not None:
       tape = self.gradient_tape_wrapper(tape)
     variables = self.trainable_variables
     gradients = tape.gradient(scaled_loss, variables)
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients] +
-                           [tf.math.is_finite(loss)])
+    # With a gradient-averaging tape the gradients are identical on every worker, so they alone
+    # decide (a non-finite local loss makes them non-finite everywhere after averaging).
+    checks = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
+    if self.gradient_tape_wrapper is None:
+      checks.append(tf.math.is_finite(loss))
+    finite = tf.reduce_all(checks)
     if under_strategy:
       bad_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                 1.0 - tf.cast(finite, tf.float32))
@@ -295,15 +300,16 @@ class Glow(tf_keras.Model):
       skipped = tf.cond(finite, apply, lambda: tf.constant(1, tf.int64))
     self.nonfinite_steps.assign_add(skipped)
     self.step_counter.assign_add(1)
-    self._loss_tracker.update_state(tf.where(finite, loss, tf.zeros_like(loss)),
-                                    sample_weight=tf.cast(finite, loss.dtype))
+    usable = tf.logical_and(finite, tf.math.is_finite(per_image))
+    self._loss_tracker.update_state(tf.where(usable, per_image, tf.zeros_like(per_image)),
+                                    sample_weight=tf.cast(usable, per_image.dtype))
     result = self._loss_tracker.result()
     return {"loss": result, "bits_per_dim": result,
             "nonfinite_steps": tf.identity(self.nonfinite_steps)}
 
   def test_step(self, data):
-    loss = tf.reduce_mean(self.bits_per_dim(self._images(data)))
-    self._loss_tracker.update_state(loss)
+    # Per image, so the result is the mean over images (a short last batch weighs less).
+    self._loss_tracker.update_state(self.bits_per_dim(self._images(data)))
     result = self._loss_tracker.result()
     return {"loss": result, "bits_per_dim": result}
 
