@@ -90,11 +90,16 @@ def reading(size_rows, kernel_rows):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="smoke run in under two minutes")
+  parser.add_argument("--depth", type=int, default=8,
+                      help="flow steps per level (the slides' architecture reads as 32; 8 keeps "
+                           "the full run near 15 minutes on 2 cores)")
+  parser.add_argument("--hidden", type=int, default=64, help="coupling network width")
   args = parser.parse_args()
   if args.quick:
     sizes, kernels, depth, hidden, repeats, memory = [16], [2, 3], 2, 16, 2, False
   else:
-    sizes, kernels, depth, hidden, repeats, memory = [16, 32, 64, 128, 256], [2, 3, 5, 7, 9, 11], 32, 64, 5, True
+    sizes, kernels, repeats, memory = [16, 32, 64, 128, 256], [2, 3, 5, 7, 9, 11], 5, True
+    depth, hidden = args.depth, args.hidden
   out = os.path.join(RESULTS, "quick") if args.quick else RESULTS
   os.makedirs(out, exist_ok=True)
   meta = {"cpu": bench_ops._cpu_name(), "cores": os.cpu_count(),

@@ -5,8 +5,9 @@ Every row of a table is measured in one process, models interleaved call by call
 process (`--memory MODEL SIZE`). Architecture: the slides write "K = 2, L = 32"; in Glow's
 notation (the slides' Table 3: "block size K = 16, number of blocks L = 2") K is the steps per
 level and L the levels, and 32 levels cannot exist below 2^32 pixels, so we read it as K = 32
-steps per level, L = 2 levels. Hidden width is reduced to fit this 2-core CPU (see the config
-line of each table), and the batch / sample size of 100 is scaled down with the image size.
+steps per level, L = 2 levels. Depth and hidden width are reduced to fit this 2-core CPU (the
+config line of each table says what ran), and the batch / sample size of 100 is scaled down
+with the image size.
 """
 
 import argparse

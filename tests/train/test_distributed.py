@@ -73,3 +73,15 @@ def test_multiworker_mirrored_two_workers(tmp_path):
     assert process.returncode == 0, output[-3000:]
   assert "multiworker: 2 worker(s), 2 replica(s)" in outputs[0]
   _assert_identical_and_learning(_ranks(run_dir, 2))
+
+
+def test_mirrored_strategy_runs_and_learns(tmp_path):
+  """MirroredStrategy over this host's devices (one CPU here: one replica)."""
+  run_dir = str(tmp_path / "mirrored")
+  result = subprocess.run([sys.executable, "-m", "train", *TINY, "--strategy", "mirrored",
+                           "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "mirrored: 1 worker(s), 1 replica(s)" in result.stdout
+  _assert_identical_and_learning(_ranks(run_dir, 1))
+  assert os.path.exists(os.path.join(run_dir, "metrics.json"))
