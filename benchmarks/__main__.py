@@ -117,7 +117,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="smoke run in under two minutes")
   parser.add_argument("--depth", type=int, default=8,
                       help="flow steps per level (the slides' architecture reads as 32; 8 keeps "
-                           "the full run near 15 minutes on 2 cores)")
+                           "the full run near 25 minutes on 2 cores)")
   parser.add_argument("--hidden", type=int, default=64, help="coupling network width")
   parser.add_argument("--memory-only", action="store_true",
                       help="re-measure only the peak-memory column of the saved size table")
