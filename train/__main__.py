@@ -32,6 +32,14 @@ HELP = {
 }
 
 
+CHOICES = {
+    "mixer": ("1x1", "nxn", "inverse_conv", "finc", "emerging"),
+    "coupling": ("affine", "additive"),
+    "strategy": ("", "mirrored", "multiworker"),
+    "implementation": ("auto", "custom_op", "tf"),
+}
+
+
 def parse(argv):
   from train.trainer import Config  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
@@ -43,6 +51,7 @@ def parse(argv):
                           help=HELP.get(field.name))
     else:
       parser.add_argument(flag, type=type(field.default), default=None,
+                          choices=CHOICES.get(field.name),
                           help=HELP.get(field.name, f"default from the preset or "
                                                     f"{field.default!r}"))
   args = parser.parse_args(argv)
@@ -57,7 +66,7 @@ def main(argv=None):
   from train.trainer import run  # pylint: disable=g-import-not-at-top
   try:
     return run(config)
-  except MissingDatasetError as error:
+  except (MissingDatasetError, ValueError) as error:  # bad data or configuration: say what
     print(f"error: {error}", file=sys.stderr)
     return 2
 

@@ -93,7 +93,11 @@ def load_split(dataset, split, image_size, channels=3, data_dir=None):
   """
   if dataset == "digits":
     train, test = digits_images()
-    return tf.data.Dataset.from_tensor_slices(train if split == "train" else test)
+    images = tf.data.Dataset.from_tensor_slices(train if split == "train" else test)
+    if image_size != train.shape[1]:  # e.g. --image-size 16 for three levels
+      images = images.map(lambda image: tf.image.resize(image, [image_size, image_size],
+                                                        method="nearest"))
+    return images
   if dataset.startswith("folder:") or os.path.isdir(dataset):
     root = dataset[len("folder:"):] if dataset.startswith("folder:") else dataset
     if not os.path.isdir(root):

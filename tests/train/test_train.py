@@ -60,6 +60,13 @@ def test_digits_preset_end_to_end(tmp_path):
   assert "samples:" in result.stdout and "metrics.json" in result.stdout
 
 
+def test_digits_at_another_image_size(tmp_path):
+  config = _tiny_config(tmp_path, "run", image_size=16, num_levels=3, epochs=1)
+  assert trainer.run(config) == 0
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["steps"] == 6 and np.isfinite(metrics["test_bits_per_dim"])
+
+
 def test_local_image_folder(tmp_path):
   folder = tmp_path / "images"
   train, _ = data.digits_images()
@@ -161,6 +168,16 @@ def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path):
     np.testing.assert_array_equal(variable.numpy(), old)  # the step was skipped
   model.fit(images, batch_size=64, epochs=1, verbose=0)
   assert int(model.nonfinite_steps.numpy()) == 1 and int(model.step_counter.numpy()) == 2
+
+
+def test_bad_configuration_is_a_one_line_error(tmp_path):
+  result = _cli(["--mixer", "lu"], timeout=120)
+  assert result.returncode == 2 and "invalid choice: 'lu'" in result.stderr
+  result = _cli(["--image-size", "12", "--num-levels", "3", "--run-dir", str(tmp_path / "r")],
+                timeout=120)
+  assert result.returncode == 2
+  assert "not divisible by 2**num_levels = 8" in result.stderr
+  assert "Traceback" not in result.stderr
 
 
 def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
