@@ -9,7 +9,6 @@ import json
 import os
 import platform
 
-import numpy as np
 import tensorflow as tf
 
 from benchmarks import bench_models

@@ -15,11 +15,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import bench_ops
 from benchmarks.bench_glow_vs_tfp import TfpGlow
 from tfinvconv.models import Glow
 
@@ -68,9 +68,7 @@ def make_callables(model, batch, seed=0):
 
 
 def _time(fn):
-  start = time.perf_counter()
-  tf.nest.map_structure(lambda t: t.numpy(), fn())
-  return 1e3 * (time.perf_counter() - start)
+  return 1e3 * bench_ops._timed(fn)  # pylint: disable=protected-access
 
 
 def measure(configs, repeats):

@@ -51,6 +51,11 @@ class Engine:
     """(number of shards, this worker's shard) for the input pipeline."""
     return 1, 0
 
+  def input_batch(self, per_replica):
+    """Images this process's input pipeline yields per step (one replica here, and one per
+    Horovod process)."""
+    return per_replica
+
   def broadcast_object(self, value):
     """Rank 0's value of a small picklable object, on every worker."""
     return value
@@ -154,6 +159,9 @@ class StrategyEngine(Engine):
   @property
   def shared_init_batch(self):
     return True
+
+  def input_batch(self, per_replica):
+    return per_replica * self.replicas  # Keras splits the global batch across replicas
 
   def distribute(self, dataset):
     options = tf.data.Options()

@@ -155,15 +155,14 @@ def _run(config, signals):
   # tf.distribute shards batches afterwards (DATA policy), which needs the same order everywhere.
   seed = config.seed if engine.shared_init_batch else distributed.seed_for(engine, config.seed)
 
-  def training_data(skip):
-    stream = data.pipeline(train_images, global_batch if engine.name != "horovod" else
-                           config.batch_size, num_shards, shard_index, training=True,
-                           seed=seed, skip_batches=skip)
-    return engine.distribute(stream)
+  input_batch = engine.input_batch(config.batch_size)
 
-  test_data = engine.distribute(data.pipeline(
-      test_images, global_batch if engine.name != "horovod" else config.batch_size,
-      num_shards, shard_index, training=False))
+  def training_data(skip):
+    return engine.distribute(data.pipeline(train_images, input_batch, num_shards, shard_index,
+                                           training=True, seed=seed, skip_batches=skip))
+
+  test_data = engine.distribute(data.pipeline(test_images, input_batch, num_shards,
+                                              shard_index, training=False))
 
   control = cb.RunControl(engine, save, config.checkpoint_every, config.max_nonfinite, signals)
   progress = cb.Progress(steps_per_epoch, config.epochs, global_batch,

@@ -8,10 +8,8 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from tfinvconv import bijectors as tib
 from train import callbacks as cb
 from train import data
 from train import trainer

@@ -7,7 +7,6 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfinvconv import bijectors as tib
-from tfinvconv import ops
 from tfinvconv.bijectors import _image
 from tfinvconv.models import priors
 

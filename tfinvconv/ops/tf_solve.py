@@ -83,7 +83,7 @@ def _solve(rhs, kernel, k, channels, corner, adjoint):
   flat = tf.reshape(rhs, [batch, height * width, channels])
   flat = tf.concat([flat, tf.zeros([batch, 1, channels], dtype)], axis=1) @ centre_inverse
   columns = tf.transpose(tf.gather(flat, index, axis=1), [2, 0, 1, 3])  # [D, B, H, C]
-  column_inside = tf.cast(tf.transpose(inside), dtype)[:, None, :, None]  # [D, 1, H, 1]
+  column_inside = tf.cast(tf.transpose(inside), dtype)[:, :, None]  # [D, H, 1]
   rhs_columns = tf.TensorArray(dtype, size=diagonals).unstack(columns)
   inside_columns = tf.TensorArray(dtype, size=diagonals).unstack(column_inside)
   solved = tf.TensorArray(dtype, size=diagonals, element_shape=[None, None, channels])
@@ -102,7 +102,7 @@ def _solve(rhs, kernel, k, channels, corner, adjoint):
       # A 2-D matmul: measurably faster here than the batched one.
       values = tf.reshape(values, [batch * height, k * back * channels])  # -1 fails for B = 0
       column -= tf.reshape(values @ taps, tf.shape(column))
-    column *= inside_columns.read(d)[0]  # before it enters the window
+    column *= inside_columns.read(d)  # before it enters the window
     if k > 1:
       window = tf.concat([window[:, height:], column], axis=1)
     return d + 1, window, solved.write(d, column)
