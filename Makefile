@@ -8,13 +8,18 @@ INSTALLED := $(VENV)/.requirements-installed
 OP_LIBRARY := tfinvconv/ops/_inverse_conv_ops.so
 OP_SOURCES := $(wildcard custom_ops/inverse_conv/core/*.h custom_ops/inverse_conv/core/*.cc \
                         custom_ops/inverse_conv/tf/*.cc) setup.py
-NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# GPU targets: one list (custom_ops/inverse_conv/tools/cuda_arch.py), evaluated only when used.
+CUDA_ARCH = $(shell $(PYTHON) custom_ops/inverse_conv/tools/cuda_arch.py)
+NVCC := nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Xcompiler -fPIC -I.
+CORE := custom_ops/inverse_conv/core
+EMULATOR := build/emulator/emulate
+GPU_BENCH_LIB := build/gpu_bench/libtfinvconv_core.so
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
-.PHONY: setup demo train test bench bench-quick cuda-check gpu-selftest horovod clean
+.PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench horovod clean
 
 setup: $(OP_LIBRARY)
 
@@ -75,23 +80,56 @@ bench: setup
 bench-quick: setup
 	$(PY) -m benchmarks --quick
 
-# Compile-only check of every CUDA source (there is no GPU here): the framework-free core and
-# self-test, and the TF wrapper with GOOGLE_CUDA on (TF's GPU headers need the CUDA shim).
+# The core (CPU + GPU) with its C interface as one shared library, CUDA runtime linked statically.
+# $(1): nvcc target flags, $(2): the library.
+define core_library
+	mkdir -p $(dir $(2))
+	$(NVCC) $(1) -c -x cu $(CORE)/inverse_conv_gpu.cu.cc -o $(2).gpu.o
+	$(NVCC) $(1) -c custom_ops/inverse_conv/gpu_bench/c_api.cu -o $(2).c_api.o
+	g++ -std=c++17 -O3 -fPIC -Wno-psabi -Wno-interference-size -I. -c $(CORE)/inverse_conv_cpu.cc -o $(2).cpu.o
+	$(NVCC) $(1) -shared -cudart static $(2).gpu.o $(2).c_api.o $(2).cpu.o -o $(2)
+endef
+
+# The GPU solve's proof without a GPU: the kernel programs of $(CORE)/inverse_conv_gpu_kernel.h
+# built with g++ and run by the host emulator (shuffled threads, checked shared memory, real
+# release/acquire flags) against the CPU core and the reference convolution, plus the launch plan
+# against the limits of sm_70 ... sm_90 devices. Seconds; needs only g++.
+gpu-emulate: $(EMULATOR)
+	$(EMULATOR)
+
+$(EMULATOR): custom_ops/inverse_conv/emulator/emulate.cc $(CORE)/inverse_conv_cpu.cc \
+             $(wildcard $(CORE)/*.h)
+	mkdir -p $(dir $@)
+	g++ -std=c++17 -O2 -Wall -Wno-psabi -Wno-interference-size -I. -pthread \
+	  custom_ops/inverse_conv/emulator/emulate.cc $(CORE)/inverse_conv_cpu.cc -o $@
+
+# Compile check of every CUDA source (there is no GPU here): the resource gate (no spills, no
+# local or static shared memory, registers x threads within the register file) for sm_80 and
+# sm_90; the core for every target with the CUDA runtime linked statically (the benchmark
+# library); the TF wrapper with GOOGLE_CUDA on (TF's GPU headers need the CUDA shim).
 cuda-check: setup
-	custom_ops/inverse_conv/selftest/run_selftest.sh --compile-only
-	rm -rf build/cuda_shim && mkdir -p build/cuda_shim/third_party/gpus/cuda build/cuda-check
+	$(PY) custom_ops/inverse_conv/tools/check_resources.py
+	mkdir -p build/cuda-check
+	$(call core_library,$(CUDA_ARCH),build/cuda-check/libtfinvconv_core.so)
+	! ldd build/cuda-check/libtfinvconv_core.so | grep -q libcudart  # static runtime
+	rm -rf build/cuda_shim && mkdir -p build/cuda_shim/third_party/gpus/cuda
 	ln -s "$$(dirname "$$(dirname "$$(readlink -f "$$(which nvcc)")")")/include" \
 	  build/cuda_shim/third_party/gpus/cuda/include
 	nvcc -c -x cu -std=c++17 -DGOOGLE_CUDA=1 --expt-relaxed-constexpr -Xcompiler -fPIC \
-	  -Xcompiler -Wno-deprecated-declarations $(NVCC_ARCH) -I. -Ibuild/cuda_shim \
-	  $$($(PY) -c 'import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())') \
+	  -Xcompiler -Wno-deprecated-declarations -gencode arch=compute_90,code=sm_90 -I. \
+	  -Ibuild/cuda_shim $$($(PY) -c 'import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())') \
 	  custom_ops/inverse_conv/tf/inverse_conv_ops.cc -o build/cuda-check/inverse_conv_ops.o \
 	  > build/cuda-check/nvcc.log 2>&1 || (grep -B2 -A2 "error" build/cuda-check/nvcc.log; exit 1)
-	@echo "CUDA sources compile for sm_80 and sm_90"
+	@echo "CUDA sources compile for: $(CUDA_ARCH)"
 
-# On a machine with a GPU and a CUDA toolkit: correctness against the CPU core, and timings.
-gpu-selftest:
-	custom_ops/inverse_conv/selftest/run_selftest.sh
+# On a machine with a GPU, PyTorch and a CUDA toolkit (no TensorFlow needed): the core as a C
+# library for this GPU, correctness under compute-sanitizer (memcheck, racecheck), then
+# correctness at every shape and timings against cuDNN; writes benchmarks/results/ops_gpu.md.
+gpu-bench:
+	$(call core_library,-arch=native -lineinfo,$(GPU_BENCH_LIB))
+	compute-sanitizer --tool memcheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
+	compute-sanitizer --tool racecheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
+	$(PYTHON) -m benchmarks.bench_ops_gpu
 
 clean:
-	rm -rf build $(OP_LIBRARY) custom_ops/inverse_conv/selftest/build *.egg-info
+	rm -rf build $(OP_LIBRARY) *.egg-info

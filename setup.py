@@ -9,6 +9,7 @@ Environment:
   TFINVCONV_MARCH=native   value for g++ -march (default native; set it empty for a portable .so).
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,10 +25,18 @@ CORE_GPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_gpu.cu.cc"]
 TF_WRAPPER_SOURCES = ["custom_ops/inverse_conv/tf/inverse_conv_ops.cc"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wno-deprecated-declarations",
              "-Wno-interference-size"]
-NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-              "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
 LIBRARY = "tfinvconv.ops._inverse_conv_ops"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_arch():
+  """custom_ops/inverse_conv/tools/cuda_arch.py: the one list of GPU targets."""
+  path = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools", "cuda_arch.py")
+  spec = importlib.util.spec_from_file_location("cuda_arch", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _tf_flags():
@@ -68,10 +77,12 @@ class BuildOpLibrary(build_ext):
         cxx += ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home)]
         for source in CORE_GPU_SOURCES:
           obj = os.path.join(scratch, os.path.basename(source) + ".o")
-          _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS, "-I", ROOT, source,
-                "-o", obj])
+          arch = _cuda_arch()
+          _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS,
+                *arch.arch_flags(arch.nvcc_major()), "-I", ROOT, source, "-o", obj])
           objects.append(obj)
-        extra_link = [f"-L{cuda_home}/lib64", "-lcudart"]
+        # The CUDA runtime linked statically: the .so needs only the driver at run time.
+        extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
       _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
             output, *link_flags, *extra_link])
 

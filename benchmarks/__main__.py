@@ -16,8 +16,8 @@ from benchmarks import bench_ops
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GPU_NOTE = ("GPU columns: not measured - no GPU was lent to the session that produced these "
-            "numbers. `make gpu-selftest` prints the CUDA solve / adjoint / plain-conv timings "
-            "at these shapes on any machine with a GPU.")
+            "numbers. `make gpu-bench` times the CUDA solve and adjoint against cuDNN at the "
+            "op level on any machine with a GPU (benchmarks/results/ops_gpu.md).")
 
 
 def _fmt(summary):

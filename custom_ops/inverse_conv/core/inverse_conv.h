@@ -8,7 +8,7 @@
 // Solve      : x = A^{-1} y   (back-substitution; dependencies run towards the corner).
 // Adjoint    : u = A^{-T} g   (same recurrence, flipped frame, channel axes of K swapped).
 // Nothing here knows about TensorFlow: raw pointers, sizes, a parallel-for callback (CPU) or a CUDA
-// stream (GPU), so the same code runs inside the TF op and in the standalone self-test.
+// stream (GPU), so the same code runs inside the TF op, the GPU emulator and the GPU benchmark.
 #ifndef TFINVCONV_CORE_INVERSE_CONV_H_
 #define TFINVCONV_CORE_INVERSE_CONV_H_
 
@@ -86,20 +86,7 @@ template <typename T>
 void CausalConvReference(const SolveShape& shape, const T* x, const T* kernel, Corner corner,
                          T* y);
 
-#if defined(GOOGLE_CUDA) || defined(__CUDACC__)
-// GPU: the same solve on device pointers, launched on `stream` (a cudaStream_t), one kernel launch
-// per anti-diagonal with one thread per (batch, pixel on the diagonal). Returns a cudaError_t
-// value (0 on success).
-template <typename T>
-int CausalSolveGpu(const SolveShape& shape, const T* rhs, const T* kernel, Corner corner,
-                   bool adjoint, T* out, void* stream);
-
-// FindSingularChannel for a kernel in device memory: copies the C diagonal entries to the host
-// (a blocking copy on `stream`). Returns a cudaError_t value.
-template <typename T>
-int FindSingularChannelGpu(const SolveShape& shape, const T* kernel, void* stream,
-                           int64_t* channel);
-#endif
+// The GPU solve is declared in inverse_conv_gpu.h.
 
 }  // namespace tfinvconv
 

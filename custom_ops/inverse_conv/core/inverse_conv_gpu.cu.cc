@@ -1,102 +1,125 @@
-// CUDA core: the causal solve on the GPU (see inverse_conv.h). One launch per anti-diagonal of
-// the solve frame; one thread per (batch, pixel on that diagonal) runs the pixel's whole
-// C-channel back-substitution, writing each solved channel straight to `out` and reading its
-// lower channels back from there, so no scratch buffers are needed for any C.
+// CUDA core: the causal solve on the GPU (see inverse_conv_gpu.h for the plan and the entry
+// point, inverse_conv_gpu_kernel.h for the per-thread work, which the host emulator also runs).
+// Two launches per call, no host synchronisation: a one-block kernel prepares the weights and
+// the centre inverse, then the solve kernel walks every diagonal of its tile in one launch.
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cmath>
-
-#include "inverse_conv.h"
+#include "inverse_conv_gpu.h"
+#include "inverse_conv_gpu_kernel.h"
 
 namespace tfinvconv {
 namespace {
 
-constexpr int kThreadsPerBlock = 128;
+template <typename U>
+struct SharedArray {
+  U* data;
+  __device__ U load(int64_t i) const { return data[i]; }
+  __device__ void store(int64_t i, U v) const { data[i] = v; }
+};
+
+// The executor the programs run on inside a kernel: threads are real, barriers are real.
+struct DeviceBlock {
+  unsigned char* arena;  // dynamic shared memory
+  unsigned char* work;   // this block's slice of global scratch (fallback plans)
+  template <typename U>
+  __device__ SharedArray<U> shared(int64_t byte_offset, int64_t /*count*/) const {
+    return {reinterpret_cast<U*>(arena + byte_offset)};
+  }
+  template <typename U>
+  __device__ SharedArray<U> work_array(int64_t byte_offset, int64_t /*count*/) const {
+    return {reinterpret_cast<U*>(work + byte_offset)};
+  }
+  template <class Stretch>
+  __device__ void run(Stretch stretch) const { stretch(static_cast<int>(threadIdx.x)); }
+  __device__ void barrier() const { __syncthreads(); }
+  __device__ int threads() const { return static_cast<int>(blockDim.x); }
+  __device__ int64_t index() const { return blockIdx.x; }
+  template <typename U>
+  __device__ U uniform(const SharedArray<U>& a, int64_t i) const { return a.load(i); }
+};
 
 template <typename T>
-__global__ void SolveDiagonalKernel(int64_t batch, int64_t height, int64_t width, int64_t channels,
-                                    int64_t ksize, Frame frame, int64_t diagonal, int64_t h_first,
-                                    int64_t diagonal_length, bool adjoint, const T* __restrict__ rhs,
-                                    const T* __restrict__ kernel, T* __restrict__ out) {
-  const int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (item >= batch * diagonal_length) return;
-  const int64_t b = item / diagonal_length;
-  const int64_t h = h_first + item % diagonal_length;
-  const int64_t w = diagonal - h;
-  const int64_t c = channels, k = ksize, centre_tap = k * k - 1;
-  const int64_t image = b * height * width * c;
-  const int64_t pixel = image + frame.origin + h * frame.row_stride + w * frame.col_stride;
-  // Weight for (tap, input channel i, output channel o); the adjoint reads K with i and o swapped.
-  const int64_t in_stride = adjoint ? 1 : c, out_stride = adjoint ? c : 1;
-  const int64_t p_first = h >= k - 1 ? 0 : k - 1 - h, q_first = w >= k - 1 ? 0 : k - 1 - w;
-
-  for (int64_t step = 0; step < c; ++step) {
-    // The forward solve goes up the channels, the adjoint (upper triangular centre) down.
-    const int64_t o = adjoint ? c - 1 - step : step;
-    T sum = rhs[pixel + o];
-    for (int64_t p = p_first; p < k; ++p) {
-      const int64_t row = image + frame.origin + (h + p - (k - 1)) * frame.row_stride;
-      for (int64_t q = q_first; q < k; ++q) {
-        const int64_t tap = p * k + q;
-        if (tap == centre_tap) continue;
-        const T* src = out + row + (w + q - (k - 1)) * frame.col_stride;
-        const T* wt = kernel + tap * c * c + o * out_stride;
-        for (int64_t i = 0; i < c; ++i) sum -= wt[i * in_stride] * src[i];
-      }
-    }
-    const T* centre = kernel + centre_tap * c * c + o * out_stride;
-    const int64_t i_begin = adjoint ? o + 1 : 0, i_end = adjoint ? c : o;
-    for (int64_t i = i_begin; i < i_end; ++i) sum -= centre[i * in_stride] * out[pixel + i];
-    out[pixel + o] = sum / centre[o * in_stride];
-  }
+__global__ void __launch_bounds__(kPrepareThreads) PrepareKernel(gpu::PrepareArgs<T> args) {
+  DeviceBlock block{nullptr, nullptr};
+  gpu::PrepareProgram(block, args);
 }
+
+template <typename T, bool kWeightsInShared, bool kTileInShared>
+__global__ void __launch_bounds__(kMaxSolveThreads, 1) SolveKernel(gpu::SolveArgs<T> args) {
+  extern __shared__ __align__(16) unsigned char arena[];
+  DeviceBlock block{arena, args.work + blockIdx.x * args.plan.block_work_bytes};
+  gpu::SolveProgram<kWeightsInShared, kTileInShared>(block, args);
+}
+
+template <typename T, bool kWeightsInShared, bool kTileInShared>
+cudaError_t LaunchSolve(const gpu::SolveArgs<T>& args, cudaStream_t stream) {
+  const GpuSolvePlan& plan = args.plan;
+  auto* kernel = SolveKernel<T, kWeightsInShared, kTileInShared>;
+  if (plan.shared_bytes > kDefaultSharedLimit) {  // opt-in, or the launch fails
+    cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<static_cast<unsigned>(plan.grid), plan.threads, plan.shared_bytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+struct SolveLaunch {
+  const gpu::SolveArgs<T>& args;
+  cudaStream_t stream;
+  template <bool kWeightsInShared, bool kTileInShared>
+  cudaError_t Run() const {
+    return LaunchSolve<T, kWeightsInShared, kTileInShared>(args, stream);
+  }
+};
 
 }  // namespace
 
-template <typename T>
-int CausalSolveGpu(const SolveShape& s, const T* rhs, const T* kernel, Corner corner, bool adjoint,
-                   T* out, void* stream) {
-  if (s.num_pixels() == 0) return 0;
-  cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  const Frame frame = MakeFrame(s, corner, adjoint);
-  for (int64_t d = 0; d < s.height + s.width - 1; ++d) {
-    const int64_t h_first = std::max<int64_t>(0, d - (s.width - 1));
-    const int64_t h_last = std::min<int64_t>(d, s.height - 1);
-    const int64_t length = h_last - h_first + 1;
-    const int64_t items = s.batch * length;
-    const int64_t blocks = (items + kThreadsPerBlock - 1) / kThreadsPerBlock;
-    SolveDiagonalKernel<T><<<blocks, kThreadsPerBlock, 0, cuda_stream>>>(
-        s.batch, s.height, s.width, s.channels, s.ksize, frame, d, h_first, length, adjoint, rhs,
-        kernel, out);
+int QueryGpuLimits(GpuLimits* limits) {
+  int device = 0, value = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  const struct {
+    cudaDeviceAttr attribute;
+    void (*set)(GpuLimits*, int);
+  } fields[] = {
+      {cudaDevAttrMaxThreadsPerBlock, [](GpuLimits* l, int v) { l->max_threads_per_block = v; }},
+      {cudaDevAttrMaxSharedMemoryPerBlockOptin,
+       [](GpuLimits* l, int v) { l->max_shared_per_block = v; }},
+      {cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+       [](GpuLimits* l, int v) { l->shared_per_sm = v; }},
+      {cudaDevAttrMaxThreadsPerMultiProcessor,
+       [](GpuLimits* l, int v) { l->max_threads_per_sm = v; }},
+      {cudaDevAttrMultiProcessorCount, [](GpuLimits* l, int v) { l->sm_count = v; }},
+  };
+  for (const auto& field : fields) {
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&value, field.attribute, device);
+    if (err == cudaSuccess) field.set(limits, value);
   }
-  return static_cast<int>(cudaGetLastError());
-}
-
-template <typename T>
-int FindSingularChannelGpu(const SolveShape& s, const T* kernel, void* stream, int64_t* channel) {
-  const int64_t c = s.channels, k = s.ksize;
-  T* diagonal = new T[c];
-  // The diagonal of the same-pixel tap: C entries, (C + 1) elements apart.
-  cudaError_t err = cudaMemcpy2DAsync(diagonal, sizeof(T), kernel + (k * k - 1) * c * c,
-                                      (c + 1) * sizeof(T), sizeof(T), c, cudaMemcpyDeviceToHost,
-                                      static_cast<cudaStream_t>(stream));
-  if (err == cudaSuccess) err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
-  *channel = -1;
-  for (int64_t i = 0; err == cudaSuccess && i < c; ++i) {
-    if (!(std::abs(diagonal[i]) > T(0))) {  // NaN counts as singular too
-      *channel = i;
-      break;
-    }
-  }
-  delete[] diagonal;
   return static_cast<int>(err);
 }
 
-#define TFINVCONV_INSTANTIATE_GPU(T)                                                           \
-  template int CausalSolveGpu<T>(const SolveShape&, const T*, const T*, Corner, bool, T*,     \
-                                 void*);                                                       \
-  template int FindSingularChannelGpu<T>(const SolveShape&, const T*, void*, int64_t*);
+template <typename T>
+int CausalSolveGpu(const SolveShape& s, const GpuSolvePlan& plan, const T* rhs, const T* kernel,
+                   Corner corner, bool adjoint, T* out, void* scratch, void* stream) {
+  if (s.num_pixels() == 0) return cudaSuccess;
+  if (!plan.feasible) return cudaErrorInvalidValue;
+  cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  const gpu::LaunchArgs<T> args =
+      gpu::MakeLaunchArgs(s, plan, rhs, kernel, corner, adjoint, out, scratch);
+  PrepareKernel<T><<<1, kPrepareThreads, 0, cuda_stream>>>(args.prepare);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  if (plan.tiled()) {  // tile flags and the tile counter start at zero
+    err = cudaMemsetAsync(args.solve.flags, 0, gpu::TileStateBytes(plan), cuda_stream);
+    if (err != cudaSuccess) return err;
+  }
+  return static_cast<int>(gpu::WithPlacement(plan, SolveLaunch<T>{args.solve, cuda_stream}));
+}
+
+#define TFINVCONV_INSTANTIATE_GPU(T)                                                        \
+  template int CausalSolveGpu<T>(const SolveShape&, const GpuSolvePlan&, const T*, const T*, \
+                                 Corner, bool, T*, void*, void*);
 TFINVCONV_INSTANTIATE_GPU(float)
 TFINVCONV_INSTANTIATE_GPU(double)
 #undef TFINVCONV_INSTANTIATE_GPU

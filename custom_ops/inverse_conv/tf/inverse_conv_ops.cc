@@ -8,6 +8,9 @@
 #include <string>
 
 #include "custom_ops/inverse_conv/core/inverse_conv.h"
+#if GOOGLE_CUDA
+#include "custom_ops/inverse_conv/core/inverse_conv_gpu.h"
+#endif
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -89,16 +92,29 @@ struct SolveLauncher<CpuDevice, T> {
 #if GOOGLE_CUDA
 using GpuDevice = Eigen::GpuDevice;
 
+// No host synchronisation: a singular kernel cannot be reported from here without one, so the
+// core makes the whole output NaN instead (inverse_conv_gpu.h).
 template <typename T>
 struct SolveLauncher<GpuDevice, T> {
   static Status Run(OpKernelContext* ctx, const SolveShape& shape, const T* rhs, const T* kernel,
                     Corner corner, bool adjoint, T* out) {
+    if (shape.num_pixels() == 0) return ::tensorflow::OkStatus();
+    GpuLimits limits;
+    int err = QueryGpuLimits(&limits);
+    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " querying the device");
+    const GpuSolvePlan plan = PlanGpuSolve(shape, sizeof(T), limits);
+    if (!plan.feasible)
+      return InvalidArgument("the GPU solve needs a tile of at least (2k-2)^2 pixels x ",
+                             shape.channels, " channels in shared memory, more than this GPU's ",
+                             limits.max_shared_per_block, " bytes; use a smaller kernel, fewer "
+                             "channels or float32, or run the op on the CPU");
+    Tensor scratch;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_INT8,
+                                          ::tensorflow::TensorShape({plan.scratch_bytes}),
+                                          &scratch));
     void* stream = reinterpret_cast<void*>(ctx->eigen_device<GpuDevice>().stream());
-    int64_t singular = -1;
-    int err = FindSingularChannelGpu(shape, kernel, stream, &singular);
-    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " reading the kernel");
-    if (singular >= 0) return SingularKernelError(singular);
-    err = CausalSolveGpu(shape, rhs, kernel, corner, adjoint, out, stream);
+    err = CausalSolveGpu(shape, plan, rhs, kernel, corner, adjoint, out,
+                         scratch.flat<int8_t>().data(), stream);
     if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " in the causal solve");
     return ::tensorflow::OkStatus();
   }
@@ -145,7 +161,9 @@ REGISTER_OP("TfInvConv>InverseCausalConv2D")
     .Doc(R"doc(
 Solves the masked causal k x k convolution: solution = A^{-1} rhs, or A^{-T} rhs when adjoint.
 rhs: [batch, height, width, channels]. kernel: [k, k, channels, channels] (HWIO); its same-pixel
-tap is read only where input channel <= output channel and must have a nonzero diagonal.
+tap is read only where input channel <= output channel and must have a nonzero diagonal (a zero
+or NaN diagonal is an InvalidArgument error on the CPU; on the GPU, where checking would stall
+the stream, it makes the whole solution NaN).
 )doc");
 
 #define TFINVCONV_REGISTER(DEVICE_NAME, DEVICE_TYPE, T)                            \

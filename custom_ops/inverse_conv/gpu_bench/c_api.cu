@@ -1,0 +1,75 @@
+// C interface to the framework-free core, for the GPU benchmark (benchmarks/bench_ops_gpu.py
+// drives it through ctypes with PyTorch tensors; GPU machines have no TensorFlow). Built by
+// `make gpu-bench` as build/gpu_bench/libtfinvconv_core.so. Thin: no solve logic here.
+#include <cstdint>
+#include <functional>
+
+#include "custom_ops/inverse_conv/core/inverse_conv.h"
+#include "custom_ops/inverse_conv/core/inverse_conv_gpu.h"
+
+namespace {
+
+tfinvconv::SolveShape Shape(int64_t b, int64_t h, int64_t w, int64_t c, int64_t k) {
+  tfinvconv::SolveShape s;
+  s.batch = b;
+  s.height = h;
+  s.width = w;
+  s.channels = c;
+  s.ksize = k;
+  return s;
+}
+
+void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+  fn(0, total);
+}
+
+}  // namespace
+
+extern "C" {
+
+// The plan for this device: returns 0 and fills the fields, or a CUDA error / -1 (infeasible).
+int tfinvconv_gpu_plan(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
+                       int64_t* scratch_bytes, int64_t* shared_bytes, int64_t* tile_h,
+                       int64_t* tile_w, int* threads, int* weights_in_shared) {
+  tfinvconv::GpuLimits limits;
+  const int err = tfinvconv::QueryGpuLimits(&limits);
+  if (err) return err;
+  const tfinvconv::GpuSolvePlan p = tfinvconv::PlanGpuSolve(Shape(b, h, w, c, k), elem, limits);
+  if (!p.feasible) return -1;
+  *scratch_bytes = p.scratch_bytes;
+  *shared_bytes = p.shared_bytes;
+  *tile_h = p.tile_h;
+  *tile_w = p.tile_w;
+  *threads = p.threads;
+  *weights_in_shared = p.weights_in_shared;
+  return 0;
+}
+
+// CausalSolveGpu on device pointers; elem 4 = float32, 8 = float64. Returns a cudaError_t.
+int tfinvconv_gpu_solve(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
+                        const void* rhs, const void* kernel, int corner, int adjoint, void* out,
+                        void* scratch, void* stream) {
+  tfinvconv::GpuLimits limits;
+  const int err = tfinvconv::QueryGpuLimits(&limits);
+  if (err) return err;
+  const tfinvconv::SolveShape s = Shape(b, h, w, c, k);
+  const tfinvconv::GpuSolvePlan p = tfinvconv::PlanGpuSolve(s, elem, limits);
+  const auto cr = static_cast<tfinvconv::Corner>(corner);
+  if (elem == 4)
+    return tfinvconv::CausalSolveGpu(s, p, static_cast<const float*>(rhs),
+                                     static_cast<const float*>(kernel), cr, adjoint != 0,
+                                     static_cast<float*>(out), scratch, stream);
+  return tfinvconv::CausalSolveGpu(s, p, static_cast<const double*>(rhs),
+                                   static_cast<const double*>(kernel), cr, adjoint != 0,
+                                   static_cast<double*>(out), scratch, stream);
+}
+
+// The CPU core in float64 on host pointers (the reference the GPU result is checked against).
+void tfinvconv_cpu_solve_f64(int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
+                             const double* rhs, const double* kernel, int corner, int adjoint,
+                             double* out) {
+  tfinvconv::CausalSolveCpu(Shape(b, h, w, c, k), rhs, kernel,
+                            static_cast<tfinvconv::Corner>(corner), adjoint != 0, out, SerialFor);
+}
+
+}  // extern "C"

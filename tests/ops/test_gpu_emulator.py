@@ -1,0 +1,130 @@
+"""The GPU solve without a GPU: the host emulator runs the CUDA kernel's own programs
+(custom_ops/inverse_conv/core/inverse_conv_gpu_kernel.h) and must pass on the real source and
+fail on broken copies of it; the resource gate and the target list are checked here too."""
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CORE = os.path.join(ROOT, "custom_ops", "inverse_conv", "core")
+KERNEL = os.path.join(CORE, "inverse_conv_gpu_kernel.h")
+EMULATOR_SOURCE = os.path.join(ROOT, "custom_ops", "inverse_conv", "emulator", "emulate.cc")
+TOOLS = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools")
+GXX = ["g++", "-std=c++17", "-Wno-psabi", "-Wno-interference-size", "-pthread"]
+
+
+def _load_tool(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def cpu_core_object(tmp_path_factory):
+  """The CPU core compiled once; every emulator build below links it."""
+  out = str(tmp_path_factory.mktemp("core") / "inverse_conv_cpu.o")
+  subprocess.run(GXX + ["-O2", "-I", ROOT, "-c", os.path.join(CORE, "inverse_conv_cpu.cc"), "-o",
+                        out], check=True)
+  return out
+
+
+def _build_and_run(include_root, cpu_object, out_dir, *flags):
+  binary = os.path.join(str(out_dir), "emulate")
+  subprocess.run(GXX + ["-O1", "-I", include_root, EMULATOR_SOURCE, cpu_object, "-o", binary],
+                 check=True, capture_output=True)
+  return subprocess.run([binary, *flags], capture_output=True, text=True, timeout=300)
+
+
+def test_emulator_passes_on_the_kernel_source(cpu_core_object, tmp_path):
+  run = _build_and_run(ROOT, cpu_core_object, tmp_path)
+  assert run.returncode == 0, run.stdout + run.stderr
+  # Both paths, both weight placements and both precisions ran, with no failure.
+  for dtype in ("float64", "float32"):
+    m = re.search(dtype + r": (\d+) cases \((\d+) whole-image, (\d+) tiled, (\d+) global "
+                  r"fallback, (\d+) with weights in shared memory\), (\d+) failures", run.stdout)
+    assert m, run.stdout
+    cases, whole, tiled, fallback, shared, failures = map(int, m.groups())
+    assert cases > 300 and whole > 200 and tiled > 100 and fallback > 50
+    assert 0 < shared < cases and failures == 0
+  assert "launch plans: " in run.stdout and ", 0 failures" in run.stdout
+
+
+# Each mutation is one way the kernel source can be wrong; the emulator must catch every one.
+MUTATIONS = {
+    "removed barrier after the accumulate stretch": (
+        "block.run([=](int t) { AccumulateDiagonal(t, a, tc, d, buffer, acc, weights); });\n"
+        "      block.barrier();",
+        "block.run([=](int t) { AccumulateDiagonal(t, a, tc, d, buffer, acc, weights); });"),
+    "removed barrier between diagonals": (
+        "block.run([=](int t) { FinishDiagonal(t, a, tc, d, buffer, acc, weights); });\n"
+        "      block.barrier();",
+        "block.run([=](int t) { FinishDiagonal(t, a, tc, d, buffer, acc, weights); });"),
+    "changed tap offset": ("int wt = (p * ki + q) * ci * ci", "int wt = (q * ki + p) * ci * ci"),
+    "tap column off by one": ("* bwi + static_cast<int>(col) + q) * ci",
+                              "* bwi + static_cast<int>(col) + q + 1) * ci"),
+    "swapped frame strides": ("h * a.frame.row_stride + w * a.frame.col_stride",
+                              "h * a.frame.col_stride + w * a.frame.row_stride"),
+    "left halo not loaded": ("if (r >= halo && col >= halo) continue;",
+                             "if (r >= halo) continue;"),
+    "adjoint without the channel swap": (
+        "a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e]", "a.kernel[e]"),
+    "centre inverse column order": ("a.inverse[m * c + o]", "a.inverse[o * c + m]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_emulator_fails_on_a_broken_kernel(name, cpu_core_object, tmp_path):
+  before, after = MUTATIONS[name]
+  source = open(KERNEL).read()
+  assert source.count(before) == 1, f"mutation anchor for {name!r} not found once"
+  mutated_root = tmp_path / "root"
+  shutil.copytree(CORE, mutated_root / "custom_ops" / "inverse_conv" / "core")
+  (mutated_root / "custom_ops" / "inverse_conv" / "core" / "inverse_conv_gpu_kernel.h").write_text(
+      source.replace(before, after))
+  run = _build_and_run(str(mutated_root), cpu_core_object, tmp_path, "--quick")
+  assert run.returncode == 1, f"the emulator missed: {name}\n{run.stdout}{run.stderr}"
+  assert "GPU EMULATION FAILED" in run.stdout
+
+
+def test_resource_gate_flags_what_the_plan_does_not_assume():
+  gate = _load_tool("check_resources")
+  solve = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIfLb1ELb1EEEvNS_3gpu9SolveArgsIT_EE"
+  prepare = "_ZN9tfinvconv12_GLOBAL__N_113PrepareKernelIdEEvNS_3gpu11PrepareArgsIT_EE"
+
+  def log(name, sm, stack=0, stores=0, loads=0, registers=40, smem=None):
+    text = (f"ptxas info    : Compiling entry function '{name}' for 'sm_{sm}'\n"
+            f"ptxas info    : Function properties for {name}\n"
+            f"    {stack} bytes stack frame, {stores} bytes spill stores, {loads} bytes spill loads\n"
+            f"ptxas info    : Used {registers} registers, used 1 barriers")
+    return text + (f", {smem} bytes smem" if smem is not None else "") + "\n"
+
+  clean = gate.parse(log(solve, 90) + log(prepare, 90))
+  assert gate.problems(clean, 1024, 256) == []
+  assert gate.kernel_label(solve) == "SolveKernel<float, weights shared, tile shared>"
+  cases = {
+      "spill": log(solve, 80, stack=8, stores=8, loads=8),
+      "static shared memory": log(solve, 90, smem=1024),
+      "register file": log(solve, 90, registers=72),
+  }
+  for what, text in cases.items():
+    found = gate.problems(gate.parse(text), 1024, 256)
+    assert found, what
+  # 72 registers are fine for the 256-thread prepare kernel.
+  assert gate.problems(gate.parse(log(prepare, 90, registers=72)), 1024, 256) == []
+
+
+def test_cuda_targets_cover_sm70_to_sm90_with_ptx():
+  arch = _load_tool("cuda_arch")
+  cuda12 = " ".join(arch.arch_flags(12))
+  cuda13 = " ".join(arch.arch_flags(13))
+  for sm in (70, 75, 80, 86, 89, 90):
+    assert f"code=sm_{sm}" in cuda12
+  assert "sm_70" not in cuda13 and "code=sm_75" in cuda13  # CUDA 13 dropped Volta
+  for flags in (cuda12, cuda13):
+    assert flags.endswith("arch=compute_90,code=compute_90")  # PTX for newer GPUs
