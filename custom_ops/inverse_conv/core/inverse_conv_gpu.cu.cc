@@ -14,6 +14,9 @@ template <typename U>
 struct SharedArray {
   U* data;
   __device__ U load(int64_t i) const { return data[i]; }
+  __device__ gpu::Vec16<U> load16(int64_t i) const {
+    return *reinterpret_cast<const gpu::Vec16<U>*>(data + i);
+  }
   __device__ void store(int64_t i, U v) const { data[i] = v; }
 };
 

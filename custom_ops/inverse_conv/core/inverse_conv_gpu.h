@@ -40,8 +40,10 @@ struct GpuLimits {
 
 // Above this, dynamic shared memory needs cudaFuncSetAttribute before the launch.
 constexpr int64_t kDefaultSharedLimit = 48 * 1024;
-// Upper bound on threads per block; the kernel is compiled with __launch_bounds__ of it.
-constexpr int kMaxSolveThreads = 1024;
+// Upper bound on threads per block; the kernel is compiled with __launch_bounds__ of it. 512
+// leaves 128 registers per thread (float64 spills at 1024 threads / 64 registers); a diagonal
+// with more work items than threads takes several passes (the block is issue-bound by then).
+constexpr int kMaxSolveThreads = 512;
 
 // Plain data (it is passed to the kernel by value).
 struct GpuSolvePlan {

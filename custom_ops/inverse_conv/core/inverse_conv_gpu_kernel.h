@@ -85,6 +85,13 @@ TFINVCONV_HD inline T LoadPublished(const T* p) {
 #endif
 }
 
+// Consecutive elements read with one 16-byte load: four floats or two doubles.
+template <typename T>
+struct alignas(16) Vec16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
 // Read-only global memory (the prepared weights when they are not in shared memory).
 template <typename T>
 struct GlobalReader {
@@ -260,6 +267,27 @@ TFINVCONV_HD inline DiagonalRange TileDiagonal(const TileCoords& tc, int64_t d) 
   return r;
 }
 
+// sum_i x[x0 + i] * w[w0 + i * w_stride] over i < n. The x side (a pixel's channels, one value
+// shared by the threads of a pixel) is read 16 bytes at a time when n is a multiple of the
+// vector size, which keeps x0 16-byte aligned: fewer shared-memory instructions per multiply-add,
+// and one partial sum per vector lane, so consecutive multiply-adds do not wait on each other.
+template <typename T, class Xs, class Ws>
+TFINVCONV_HD T Dot(const Xs& x, int x0, const Ws& w, int w0, int w_stride, int n) {
+  constexpr int kSize = Vec16<T>::kSize;
+  T part[kSize] = {};
+  int i = 0;
+  if (n % kSize == 0) {
+    for (; i < n; i += kSize) {
+      const Vec16<T> q = x.load16(x0 + i);
+      for (int r = 0; r < kSize; ++r, w0 += w_stride) part[r] += q.v[r] * w.load(w0);
+    }
+  }
+  for (; i < n; ++i, w0 += w_stride) part[0] += x.load(x0 + i) * w.load(w0);
+  T sum = part[0];
+  for (int r = 1; r < kSize; ++r) sum += part[r];
+  return sum;
+}
+
 // Stretch: acc[j][o] = rhs - every off-centre tap, for pixel j of diagonal d, channel o.
 template <typename T, class Buffer, class Acc, class Weights>
 TFINVCONV_HD void AccumulateDiagonal(int t, const SolveArgs<T>& a, const TileCoords& tc,
@@ -276,8 +304,8 @@ TFINVCONV_HD void AccumulateDiagonal(int t, const SolveArgs<T>& a, const TileCoo
       const int taps = p == ki - 1 ? ki - 1 : ki;  // the centre tap is applied in FinishDiagonal
       for (int q = 0; q < taps; ++q) {
         const int src = ((static_cast<int>(r) + p) * bwi + static_cast<int>(col) + q) * ci;
-        int wt = (p * ki + q) * ci * ci + static_cast<int>(o);
-        for (int i = 0; i < ci; ++i, wt += ci) sum -= weights.load(wt) * buffer.load(src + i);
+        const int wt = (p * ki + q) * ci * ci + static_cast<int>(o);
+        sum -= Dot<T>(buffer, src, weights, wt, ci, ci);
       }
     }
     acc.store(e, sum);
@@ -293,8 +321,8 @@ TFINVCONV_HD void FinishDiagonal(int t, const SolveArgs<T>& a, const TileCoords&
   const DiagonalRange range = TileDiagonal(tc, d);
   for (int64_t e = t; e < range.count * c; e += a.plan.threads) {
     const int64_t o = e % c, j = e / c, r = range.first + j, col = d - r;
-    T x = T(0);
-    for (int64_t i = 0; i < c; ++i) x += acc.load(j * c + i) * weights.load(centre + i * c + o);
+    const T x = Dot<T>(acc, static_cast<int>(j * c), weights, static_cast<int>(centre + o),
+                       static_cast<int>(c), static_cast<int>(c));
     buffer.store(((r + halo) * bw + col + halo) * c + o, x);
     a.out[PixelOffset(a, tc, tc.h0 + r, tc.w0 + col) + o] = x;
   }

@@ -110,6 +110,17 @@ struct CheckedShared {
     std::memcpy(&v, arena + address, sizeof(U));
     return v;
   }
+  // The GPU's 16-byte vector load: it must be 16-byte aligned or the hardware faults.
+  gpu::Vec16<U> load16(int64_t i) const {
+    constexpr int kSize = gpu::Vec16<U>::kSize;
+    const int64_t address = Address(i);
+    Address(i + kSize - 1);
+    if (reinterpret_cast<uintptr_t>(arena + address) % 16)
+      throw std::runtime_error("misaligned 16-byte load at byte " + std::to_string(address));
+    gpu::Vec16<U> q;
+    for (int r = 0; r < kSize; ++r) q.v[r] = load(i + r);
+    return q;
+  }
   void store(int64_t i, U v) const {
     const int64_t address = Address(i);
     tracker->Write(address, *thread);
