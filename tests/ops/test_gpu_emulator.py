@@ -75,6 +75,8 @@ MUTATIONS = {
     "adjoint without the channel swap": (
         "a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e]", "a.kernel[e]"),
     "centre inverse column order": ("a.inverse[m * c + o]", "a.inverse[o * c + m]"),
+    "singular kernel not poisoned with NaN": (
+        "singular ? static_cast<T>(NAN) : value", "value"),
 }
 
 

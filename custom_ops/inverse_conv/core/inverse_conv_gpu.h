@@ -32,7 +32,7 @@ namespace tfinvconv {
 // What a device allows (cudaDeviceProp / cudaDevAttr*); the plan never assumes a particular GPU.
 struct GpuLimits {
   int max_threads_per_block = 1024;
-  int64_t max_shared_per_block = 48 * 1024;  // opt-in maximum (cudaDevAttrMaxSharedMemoryPerBlockOptin)
+  int64_t max_shared_per_block = 48 * 1024;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
   int64_t shared_per_sm = 100 * 1024;        // cudaDevAttrMaxSharedMemoryPerMultiprocessor
   int max_threads_per_sm = 2048;
   int sm_count = 1;

@@ -68,6 +68,7 @@ TFINVCONV_HD inline void WaitForFlag(int* flag) {
 // precedes this call happens-before a matching WaitForFlag.
 TFINVCONV_HD inline void PublishFlag(int* flag) {
 #if defined(__CUDA_ARCH__)
+  __threadfence();  // belt and braces: the other threads' writes were ordered by the barrier
   cuda::atomic_ref<int, cuda::thread_scope_device> ref(*flag);
   ref.store(1, cuda::memory_order_release);
 #else
@@ -165,8 +166,10 @@ TFINVCONV_HD void InvertCentreColumns(int t, int threads, const PrepareArgs<T>& 
       for (int64_t m = m_begin; m < m_end; ++m) v -= a.centre[i * c + m] * a.inverse[m * c + o];
       a.inverse[i * c + o] = v / a.centre[i * c + i];
     }
-    for (int64_t i = 0; i < c; ++i)
-      a.prepared[base + i * c + o] = singular ? static_cast<T>(NAN) : static_cast<T>(a.inverse[i * c + o]);
+    for (int64_t i = 0; i < c; ++i) {
+      const T value = static_cast<T>(a.inverse[i * c + o]);
+      a.prepared[base + i * c + o] = singular ? static_cast<T>(NAN) : value;
+    }
   }
 }
 
@@ -219,7 +222,8 @@ TFINVCONV_HD TileCoords LocateTile(const SolveArgs<T>& a, int64_t index) {
 template <typename T>
 TFINVCONV_HD inline int64_t PixelOffset(const SolveArgs<T>& a, const TileCoords& tc, int64_t h,
                                         int64_t w) {
-  const int64_t offset = tc.image + a.frame.origin + h * a.frame.row_stride + w * a.frame.col_stride;
+  const int64_t offset =
+      tc.image + a.frame.origin + h * a.frame.row_stride + w * a.frame.col_stride;
   TFINVCONV_CHECK_GLOBAL_OFFSET(offset, (a.batch * a.height * a.width - 1) * a.channels + 1);
   return offset;
 }
@@ -374,9 +378,11 @@ TFINVCONV_HD void SolveProgram(Block& block, const SolveArgs<T>& a) {
                                                           (p.tile_h + p.halo) * p.buffer_w * c);
   auto acc = WorkArray<kTileInShared>::template Get<T>(
       block, p.acc_offset, (p.tile_h < p.tile_w ? p.tile_h : p.tile_w) * c);
-  auto shared_weights = block.template shared<T>(p.weights_offset, kWeightsInShared ? k * k * c * c : 0);
+  auto shared_weights =
+      block.template shared<T>(p.weights_offset, kWeightsInShared ? k * k * c * c : 0);
   auto slot = block.template shared<int>(p.slot_offset, 1);
-  const auto weights = PickWeights<kWeightsInShared>::From(shared_weights, GlobalReader<T>{a.prepared});
+  const auto weights =
+      PickWeights<kWeightsInShared>::From(shared_weights, GlobalReader<T>{a.prepared});
   const int64_t tiles = a.batch * p.tiles_per_image();
   for (;;) {
     int64_t index = block.index();

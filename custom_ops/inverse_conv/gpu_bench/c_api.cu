@@ -10,13 +10,7 @@
 namespace {
 
 tfinvconv::SolveShape Shape(int64_t b, int64_t h, int64_t w, int64_t c, int64_t k) {
-  tfinvconv::SolveShape s;
-  s.batch = b;
-  s.height = h;
-  s.width = w;
-  s.channels = c;
-  s.ksize = k;
-  return s;
+  return tfinvconv::SolveShape{b, h, w, c, k};
 }
 
 void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
