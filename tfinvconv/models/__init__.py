@@ -3,5 +3,6 @@
 from tfinvconv.models.glow import COUPLINGS
 from tfinvconv.models.glow import Glow
 from tfinvconv.models.glow import MIXERS
+from tfinvconv.models.export import export_saved_model
 
-__all__ = ["COUPLINGS", "Glow", "MIXERS"]
+__all__ = ["COUPLINGS", "Glow", "MIXERS", "export_saved_model"]

@@ -57,6 +57,7 @@ def make_mixer(mixer, channels, kernel_size, implementation, dtype, seed):
   raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
 
 
+@tf_keras.saving.register_keras_serializable(package="tfinvconv")
 class Glow(tf_keras.Model):
   """Glow-style multi-scale flow (Kingma & Dhariwal, 2018), trainable with `model.fit`.
 
@@ -77,6 +78,11 @@ class Glow(tf_keras.Model):
   `initialize(images)`); their `initialized` flags are saved with the weights, so a second
   `fit` or loaded weights never re-initialise. Models whose mixer uses the compiled op compile
   with `jit_compile=False` (the op has no XLA kernel); pass `implementation="tf"` for XLA.
+
+  Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
+  included), `save_weights` / `tf.train.Checkpoint`, or `tfinvconv.models.export_saved_model`
+  for a SavedModel with `log_prob`, `bits_per_dim` and `sample` signatures. Other formats are
+  refused with a message (they would lose the bijectors' variables).
   """
 
   def __init__(self, image_shape, num_levels=3, depth=32, hidden_channels=512,
@@ -108,6 +114,11 @@ class Glow(tf_keras.Model):
             f"image {what} {size} is not divisible by 2**num_levels = {scale}: use "
             f"num_levels <= {fits} or pad/crop the images to a multiple of {scale}")
 
+    self._config = dict(image_shape=(height, width, channels), num_levels=num_levels,
+                        depth=depth, hidden_channels=hidden_channels, mixer=mixer,
+                        kernel_size=kernel_size, coupling=coupling, learn_top=learn_top,
+                        n_bits=n_bits, dtype=dtype.name, implementation=implementation,
+                        seed=seed, name=name)
     self.image_shape = (height, width, channels)
     self.num_levels, self.depth, self.n_bits = num_levels, depth, n_bits
     self.n_bins = 2 ** n_bits
@@ -232,6 +243,60 @@ class Glow(tf_keras.Model):
     self._data_to_latent(self.preprocess(images), initialize=True)
 
   # ---- tf_keras ------------------------------------------------------------------------------
+
+  def get_config(self):
+    return dict(self._config)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
+
+  # compile() is overridden (jit_compile default), so load_model needs these to compile the
+  # loaded model and restore its optimizer state (Keras skips both for custom compile()).
+  def get_compile_config(self):
+    return super().get_compile_config()
+
+  def compile_from_config(self, config):
+    self.compile(**tf_keras.saving.deserialize_keras_object(config))
+    if self.optimizer is not None:
+      self.optimizer.build(self.trainable_variables)  # slots exist: the saved ones load into them
+
+  def all_variables(self):
+    """Every variable the flow owns, bijectors' included, in construction order."""
+    seen, result = set(), []
+    for variable in self.variables + [v for m in self.submodules for v in m.variables]:
+      if id(variable) not in seen:
+        seen.add(id(variable))
+        result.append(variable)
+    return result
+
+  def save_own_variables(self, store):
+    # Keras' default stores only Keras weights; the bijectors are tf.Modules, so store them all.
+    for i, variable in enumerate(self.all_variables()):
+      store[str(i)] = variable.numpy()
+
+  def load_own_variables(self, store):
+    variables = self.all_variables()
+    if len(store.keys()) != len(variables):
+      raise ValueError(f"the saved Glow has {len(store.keys())} variables, this one "
+                       f"{len(variables)}: the file was written by another configuration or "
+                       "version of tfinvconv")
+    for i, variable in enumerate(variables):
+      value = store[str(i)]
+      if tuple(value.shape) != tuple(variable.shape):
+        raise ValueError(f"saved variable {i} has shape {value.shape}, {variable.name} needs "
+                         f"{variable.shape}: the file does not belong to this configuration")
+      variable.assign(value)
+
+  def save(self, filepath, *args, **kwargs):
+    """`.keras` only: TF's SavedModel and HDF5 would not carry the bijectors' variables."""
+    if not str(filepath).endswith(".keras"):
+      raise ValueError(
+          f"Glow.save({str(filepath)!r}): only the '.keras' format keeps every variable of the "
+          "flow. Use model.save('model.keras'), model.save_weights(...) / tf.train.Checkpoint, "
+          "or tfinvconv.models.export_saved_model(model, directory) for a SavedModel with "
+          "log_prob, bits_per_dim and sample signatures.")
+    super().save(filepath, *args, **kwargs)
 
   def uses_compiled_op(self):
     return (self.mixer in ("inverse_conv", "finc", "emerging") and
