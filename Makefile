@@ -36,8 +36,9 @@ $(OP_LIBRARY): $(INSTALLED) $(OP_SOURCES)
 	touch $@
 
 # The main job: train the digits preset (a few minutes on 2 cores), write samples and metrics.
+# --overwrite: re-running it starts over in runs/digits (a run folder is never mixed silently).
 train: setup
-	$(PY) -m train --preset digits --run-dir runs/digits
+	$(PY) -m train --preset digits --run-dir runs/digits --overwrite
 
 # A short op demo: invert a random layer, print the reconstruction error and timing.
 demo: setup

@@ -29,6 +29,8 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "max_nonfinite": "consecutive non-finite steps before the run stops",
     "steps_per_epoch": "0: one pass over the training set",
+    "overwrite": "start over in a --run-dir that holds another run (deletes its checkpoints, "
+                 "samples, TensorBoard logs and metrics)",
 }
 
 
@@ -62,11 +64,10 @@ def parse(argv):
 
 def main(argv=None):
   config = parse(sys.argv[1:] if argv is None else argv)
-  from train.data import MissingDatasetError  # pylint: disable=g-import-not-at-top
   from train.trainer import run  # pylint: disable=g-import-not-at-top
   try:
-    return run(config)
-  except (MissingDatasetError, ValueError) as error:  # bad data or configuration: say what
+    return run(config)  # validates the configuration first
+  except ValueError as error:  # bad data or configuration (MissingDatasetError too): say what
     print(f"error: {error}", file=sys.stderr)
     return 2
 

@@ -3,6 +3,7 @@ SIGTERM/SIGINT, the non-finite guard), progress, TensorBoard and sample grids.""
 
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -28,7 +29,8 @@ class AverageMetrics(tf_keras.callbacks.Callback):
 
 class SignalFlag:
   """Records SIGTERM/SIGINT for the whole run (a `with` block) instead of dying at once, so
-  the run can save a checkpoint at the next step boundary."""
+  the run can save a checkpoint at the next step boundary. A second signal exits at once
+  (128 + its number) without saving: the last checkpoint on disk stays as it was."""
 
   def __init__(self):
     self.signum = None
@@ -40,6 +42,11 @@ class SignalFlag:
     return self
 
   def _record(self, signum, frame):  # pylint: disable=unused-argument
+    if self.signum is not None:
+      sys.stderr.write(f"second signal ({signal.Signals(signum).name}): exiting now without "
+                       "saving; the last checkpoint is intact\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
     self.signum = signum
 
   def __exit__(self, *exc):

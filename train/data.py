@@ -29,7 +29,7 @@ _DEFAULT_HOW_TO_GET = (
     "then copy {data_dir} here and pass --data-dir (training never downloads)")
 
 
-class MissingDatasetError(RuntimeError):
+class MissingDatasetError(ValueError):
   """The dataset is not on this machine; the message says how to get it."""
 
 
@@ -85,6 +85,20 @@ def _folder_split(root, split, image_size, channels):
                                                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _is_path(dataset):
+  return dataset.startswith(("/", "./", "../", "~", "folder:")) or os.path.isdir(dataset)
+
+
+def check_dataset_name(dataset):
+  """A dataset given as a path must be an existing folder (TFDS names are not checked here)."""
+  if _is_path(dataset):
+    root = os.path.expanduser(dataset[len("folder:"):] if dataset.startswith("folder:")
+                              else dataset)
+    if not os.path.isdir(root):
+      raise MissingDatasetError(f"no such image folder: {root} (--dataset takes digits, a TFDS "
+                                "name such as cifar10, or an existing folder of images)")
+
+
 def load_split(dataset, split, image_size, channels=3, data_dir=None):
   """A dataset of uint8 images [image_size, image_size, C] for split "train" or "test".
 
@@ -98,10 +112,10 @@ def load_split(dataset, split, image_size, channels=3, data_dir=None):
       images = images.map(lambda image: tf.image.resize(image, [image_size, image_size],
                                                         method="nearest"))
     return images
-  if dataset.startswith("folder:") or os.path.isdir(dataset):
-    root = dataset[len("folder:"):] if dataset.startswith("folder:") else dataset
-    if not os.path.isdir(root):
-      raise MissingDatasetError(f"image folder {root} does not exist")
+  if _is_path(dataset):
+    check_dataset_name(dataset)
+    root = os.path.expanduser(dataset[len("folder:"):] if dataset.startswith("folder:")
+                              else dataset)
     return _folder_split(root, split, image_size, channels)
   images = _tfds_split(dataset, split, data_dir)
   return images.map(lambda image: tf.cast(tf.image.resize(image, [image_size, image_size],

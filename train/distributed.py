@@ -8,6 +8,7 @@ initialisation, how metrics are averaged, and how the input is sharded.
 import contextlib
 import json
 import os
+import pickle
 
 import numpy as np
 import tensorflow as tf
@@ -156,6 +157,30 @@ class StrategyEngine(Engine):
                                  self.strategy.run(lambda: tf.identity(value)), axis=None)
     return float(total) > 0
 
+  def broadcast_object(self, value):
+    """Rank 0's value on every worker. tf.distribute has no object broadcast, so the pickled
+    bytes travel as an all-reduce sum to which only the first replica of the chief contributes
+    (its length first, so every worker knows the buffer size)."""
+    if self.name != "multiworker":
+      return value  # one process
+    payload = np.frombuffer(pickle.dumps(value), np.uint8) if self.is_chief else np.zeros(0)
+    length = int(self._sum_from_first_replica(np.array([payload.size], np.float64))[0])
+    buffer = np.zeros(length, np.float64)
+    buffer[:payload.size] = payload
+    data = self._sum_from_first_replica(buffer)
+    return pickle.loads(np.rint(data).astype(np.uint8).tobytes())
+
+  def _sum_from_first_replica(self, array):
+    value = tf.constant(array)
+
+    def contribute():
+      first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+      return tf.where(first, value, tf.zeros_like(value))
+
+    total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(contribute),
+                                 axis=None)
+    return total.numpy()
+
   @property
   def shared_init_batch(self):
     return True
@@ -185,4 +210,4 @@ def make_engine(strategy=None):
 
 def seed_for(engine, seed):
   """Per-worker seed for data order and noise; weights come from rank 0 anyway."""
-  return int(np.uint32(seed * 1000 + engine.rank))
+  return (int(seed) * 1000 + engine.rank) % 2 ** 32  # any valid seed, no uint32 overflow

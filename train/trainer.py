@@ -48,7 +48,31 @@ class Config:
   seed: int = 0
   strategy: str = ""             # "", "mirrored" or "multiworker"
   num_samples: int = 64
+  overwrite: bool = False        # start over in a run folder that holds another run's outputs
   verbose: bool = True
+
+  def validate(self):
+    """Raises ValueError naming the first value no run could use."""
+    positive = ("image_size", "num_levels", "depth", "hidden_channels", "batch_size", "epochs",
+                "kernel_size", "checkpoint_every", "max_nonfinite", "num_samples")
+    for name in positive:
+      value = getattr(self, name)
+      if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if self.steps_per_epoch < 0:
+      raise ValueError(f"--steps-per-epoch must be >= 0 (0: one pass over the data), got "
+                       f"{self.steps_per_epoch}")
+    if not 1 <= self.n_bits <= 8:
+      raise ValueError(f"--n-bits must be in 1..8, got {self.n_bits}")
+    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise ValueError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+    if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+      raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+    if not 0 <= self.seed < 2 ** 32:
+      raise ValueError(f"--seed must be in 0..{2 ** 32 - 1}, got {self.seed}")
+    if self.resume and self.overwrite:
+      raise ValueError("--resume and --overwrite contradict each other: pick one")
+    data.check_dataset_name(self.dataset)
 
 
 class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
@@ -72,10 +96,34 @@ def _count_examples(dataset):
   return int(count)
 
 
+# What a run writes into its folder; --overwrite removes exactly these.
+RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "ranks", "metrics.json")
+
+
 def run(config):
   """Trains; returns a process exit code (0 done, 3 non-finite stop, 128+N on signal N)."""
+  config.validate()
   with cb.SignalFlag() as signals:
     return _run(config, signals)
+
+
+def _claim_run_dir(run_dir, config):
+  """A folder holding another run's checkpoints is only continued (--resume) or cleared
+  (--overwrite), never mixed with a new run. Returns the refusal message, or None."""
+  checkpoints = os.path.join(run_dir, "checkpoints")
+  if config.resume or not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    return None
+  if not config.overwrite:
+    return (f"run folder {run_dir} already holds checkpoints of a run: pass --resume to "
+            "continue it, --overwrite to start over there (its checkpoints, samples, "
+            "TensorBoard logs and metrics are deleted), or a new --run-dir")
+  for name in RUN_OUTPUTS:
+    path = os.path.join(run_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+  return None
 
 
 def _run(config, signals):
@@ -84,6 +132,10 @@ def _run(config, signals):
   run_dir = config.run_dir or os.path.join("runs", f"{config.dataset.replace('/', '_')}-"
                                                     f"{config.mixer}")
   chief = engine.is_chief
+  # The chief decides for every worker (they may not see its files).
+  refusal = engine.broadcast_object(_claim_run_dir(run_dir, config) if chief else None)
+  if refusal:
+    raise ValueError(refusal)
   if chief:
     os.makedirs(run_dir, exist_ok=True)
   log = print if (chief and config.verbose) else (lambda *a, **k: None)

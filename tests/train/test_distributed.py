@@ -60,19 +60,28 @@ def test_multiworker_mirrored_two_workers(tmp_path):
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   run_dir = str(tmp_path / "mwms")
-  processes = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                 "task": {"type": "worker", "index": index}}))
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "train", *TINY, "--batch-size", "16", "--strategy",
-         "multiworker", "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
+  environments = [dict(os.environ, TF_CONFIG=json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": index}})) for index in range(2)]
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "train", *TINY, "--batch-size", "16", "--strategy", "multiworker",
+       "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for env in environments]
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
   assert "multiworker: 2 worker(s), 2 replica(s)" in outputs[0]
   _assert_identical_and_learning(_ranks(run_dir, 2))
+
+  # The same folder again without --resume: the chief refuses, and its decision reaches the
+  # other worker (an object broadcast over the strategy), so both stop instead of hanging.
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "train", *TINY, "--batch-size", "16", "--strategy", "multiworker",
+       "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for env in environments]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 2, output[-3000:]
+    assert "already holds checkpoints" in output
 
 
 def test_mirrored_strategy_runs_and_learns(tmp_path):

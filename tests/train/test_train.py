@@ -189,4 +189,82 @@ def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
   result = _cli(["--preset", "celeba_hq", "--data-dir", str(tmp_path / "tfds")], timeout=120)
   assert result.returncode == 2 and "manual download" in result.stderr
   result = _cli(["--dataset", "folder:" + str(tmp_path / "nothing")], timeout=120)
-  assert result.returncode == 2 and "does not exist" in result.stderr
+  assert result.returncode == 2 and "no such image folder" in result.stderr
+
+
+def _tree(folder):
+  """{relative path: (size, mtime)} of every file below folder."""
+  return {os.path.relpath(os.path.join(d, f), folder): (os.path.getsize(os.path.join(d, f)),
+                                                        os.path.getmtime(os.path.join(d, f)))
+          for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_used_run_folder_is_refused_untouched_unless_resume_or_overwrite(tmp_path, capsys):
+  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  args = TINY + ["--run-dir", str(tmp_path / "run"), "--epochs", "2", "--steps-per-epoch", "3",
+                 "--no-verbose"]
+  assert main(args) == 0
+  before = _tree(tmp_path / "run")
+  assert main(args) == 2
+  error = capsys.readouterr().err.strip().splitlines()
+  assert len(error) == 1 and "already holds checkpoints" in error[0]
+  assert "--resume" in error[0] and "--overwrite" in error[0] and "--run-dir" in error[0]
+  assert _tree(tmp_path / "run") == before  # nothing touched
+  # --overwrite starts over: a 2-step run leaves only its own checkpoint.
+  assert main(args[:-5] + ["--epochs", "1", "--steps-per-epoch", "2", "--no-verbose",
+                           "--overwrite"]) == 0
+  checkpoints = tf.train.get_checkpoint_state(str(tmp_path / "run" / "checkpoints"))
+  assert [os.path.basename(p) for p in checkpoints.all_model_checkpoint_paths] == ["ckpt-2"]
+  assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+
+
+BAD_VALUES = [
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--epochs", "-3"], "--epochs must be a positive integer"),
+    (["--learning-rate", "-1"], "--learning-rate must be a positive number"),
+    (["--learning-rate", "nan"], "--learning-rate must be a positive number"),
+    (["--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["--n-bits", "9"], "--n-bits must be in 1..8"),
+    (["--dataset", "/nonexistent/images"], "no such image folder: /nonexistent/images"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
+]
+
+
+def test_bad_command_line_values_are_one_line_errors(tmp_path, capsys):
+  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  for args, message in BAD_VALUES:
+    assert main(args + ["--run-dir", str(tmp_path / "r")]) == 2, args
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], (args,
+                                                                                        error)
+  assert not os.path.exists(tmp_path / "r")  # refused before anything was written
+
+
+def test_large_seeds_are_valid():
+  from train import distributed  # pylint: disable=g-import-not-at-top
+  config = parse(["--seed", "5000000"])
+  config.validate()
+  engine = distributed.Engine()
+  engine.rank = 1
+  seeds = {distributed.seed_for(engine, seed) for seed in (5000000, 2 ** 32 - 1, 0)}
+  assert len(seeds) == 3 and all(0 <= s < 2 ** 32 for s in seeds)
+
+
+def test_a_second_signal_exits_at_once():
+  script = ("import os, signal, time\n"
+            "from train import callbacks\n"
+            "with callbacks.SignalFlag() as flag:\n"
+            "  os.kill(os.getpid(), signal.SIGINT)\n"
+            "  time.sleep(0.5)\n"
+            "  assert flag.signum == signal.SIGINT, flag.signum\n"
+            "  print('first signal recorded', flush=True)\n"
+            "  os.kill(os.getpid(), signal.SIGTERM)\n"
+            "  time.sleep(30)\n"
+            "print('not reached')\n")
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+  assert "first signal recorded" in result.stdout and "not reached" not in result.stdout
+  assert "second signal (SIGTERM): exiting now" in result.stderr
+  assert time.time() - start < 25
