@@ -142,8 +142,21 @@ class StrategyEngine(Engine):
   def scope(self):
     return self.strategy.scope()
 
-  # broadcast_variables: nothing to do. Mirrored variables are kept identical by the strategy,
-  # and every worker runs the data-dependent init on the same batch (shared_init_batch).
+  def broadcast_variables(self, variables):
+    """Every worker takes the chief's values: after a resume only the chief may have read the
+    checkpoint (other workers may not see its files). Mirrored variables are kept identical by
+    the strategy from then on; one all-reduce carries them all."""
+    if self.name != "multiworker":
+      return  # one process: the strategy's copies are identical already
+    values = [np.asarray(v.numpy()) for v in variables]
+    flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in values] or [np.zeros(0)])
+    if not self.is_chief:
+      flat = np.zeros_like(flat)
+    flat = self._sum_from_first_replica(flat)  # float64 carries float32 and int64 steps exactly
+    offset = 0
+    for variable, value in zip(variables, values):
+      variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
+      offset += value.size
 
   def average(self, values):
     return dict(values)  # Keras already reports the global (all-replica) values

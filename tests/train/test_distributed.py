@@ -30,20 +30,45 @@ def _assert_identical_and_learning(ranks):
     assert rank["last_epoch_bits_per_dim"] < rank["first_epoch_bits_per_dim"], rank
 
 
+def _assert_same_weights(ranks, reference):
+  for rank, want in zip(ranks, reference):
+    assert rank["weights_sum"] == pytest.approx(want["weights_sum"], rel=1e-9, abs=1e-9)
+    assert rank["weights_sum_of_squares"] == pytest.approx(want["weights_sum_of_squares"],
+                                                           rel=1e-9)
+
+
+def _with_epochs(args, epochs):
+  i = args.index("--epochs")
+  return args[:i + 1] + [str(epochs)] + args[i + 2:]
+
+
 def test_horovodrun_two_processes_gloo(tmp_path):
   try:
     import horovod.tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     pytest.fail("Horovod is not installed: run `make horovod` (the README's test command does)")
   horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
+  def horovod(run_dir, *extra, epochs=3):
+    result = subprocess.run(
+        [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m", "train",
+         *_with_epochs(TINY, epochs), "--run-dir", run_dir, *extra], cwd=ROOT,
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return result
+
   run_dir = str(tmp_path / "hvd")
-  result = subprocess.run(
-      [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m", "train",
-       *TINY, "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+  result = horovod(run_dir)
   assert "horovod: 2 worker(s)" in result.stdout
-  _assert_identical_and_learning(_ranks(run_dir, 2))
+  reference = _ranks(run_dir, 2)
+  _assert_identical_and_learning(reference)
   assert os.path.exists(os.path.join(run_dir, "metrics.json"))
+  # Stop after one epoch, resume to three: the same weights on every rank.
+  resumed_dir = str(tmp_path / "hvd_resumed")
+  horovod(resumed_dir, epochs=1)
+  result = horovod(resumed_dir, "--resume")
+  assert "resumed from" in result.stdout
+  _assert_same_weights(_ranks(resumed_dir, 2), reference)
 
 
 def _free_ports(n):
@@ -82,6 +107,23 @@ def test_multiworker_mirrored_two_workers(tmp_path):
   for process, output in zip(processes, outputs):
     assert process.returncode == 2, output[-3000:]
     assert "already holds checkpoints" in output
+
+  # Stop after one epoch, resume to three: the chief decides and broadcasts the checkpoint and
+  # its restored variables; both workers end with the uninterrupted run's weights.
+  def workers(folder, *extra, epochs=3):
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "train", *_with_epochs(TINY, epochs), "--batch-size", "16",
+         "--strategy", "multiworker", "--run-dir", folder, *extra], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+      assert process.returncode == 0, output[-3000:]
+    return outputs
+
+  resumed_dir = str(tmp_path / "mwms_resumed")
+  workers(resumed_dir, epochs=1)
+  assert "resumed from" in workers(resumed_dir, "--resume")[0]
+  _assert_same_weights(_ranks(resumed_dir, 2), _ranks(run_dir, 2))
 
 
 def test_mirrored_strategy_runs_and_learns(tmp_path):
