@@ -41,45 +41,65 @@ def digits_images():
   return images[order[:DIGITS_TRAIN]], images[order[DIGITS_TRAIN:]]
 
 
+# Where a dataset has no "test" split, what stands in for it (used when TFDS has no split
+# information yet, e.g. under tfds.testing.mock_data).
+_TEST_SPLIT = {"downsampled_imagenet/32x32": "validation",
+               "downsampled_imagenet/64x64": "validation", "celeb_a_hq/256": "train"}
+
+
 def _tfds_split(name, split, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    how = _HOW_TO_GET.get(name, _DEFAULT_HOW_TO_GET).format(name=name, data_dir=data_dir)
-    raise MissingDatasetError(f"dataset {name!r} is not prepared in {data_dir}; {how}")
-  available = builder.info.splits.keys()
-  if split not in available:  # downsampled_imagenet has train/validation, no test
+  available = list(builder.info.splits.keys())
+  if available and split not in available:  # downsampled_imagenet has train/validation
     split = "validation" if "validation" in available else "train"
-  return builder.as_dataset(split=split).map(lambda example: example["image"],
-                                             num_parallel_calls=tf.data.AUTOTUNE)
+  elif not available and split == "test":
+    split = _TEST_SPLIT.get(name, split)
+  # Asking for the data (not builder.is_prepared()) is what tfds.testing.mock_data intercepts.
+  try:
+    dataset = builder.as_dataset(split=split)
+  except AssertionError as error:  # TFDS's way of saying the files are not there
+    how = _HOW_TO_GET.get(name, _DEFAULT_HOW_TO_GET).format(name=name, data_dir=data_dir)
+    raise MissingDatasetError(f"dataset {name!r} is not prepared in {data_dir}; {how}") from error
+  return dataset.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _folder_split(root, split, image_size, channels):
-  """Images under root/train and root/test, or all images of root split 90/10 by name."""
+def _to_uint8(image, image_size):
+  """Any image -> [image_size, image_size] uint8 by area resize, rounded (not truncated)."""
+  image = tf.image.resize(image, [image_size, image_size], method="area")
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def folder_files(root, split):
+  """Image files of a split: root/train and root/test, or all images of root split 90/10:
+  every 10th file (in sorted order) is a test image, so every class subfolder is in both."""
   def files_in(folder):
     return sorted(f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
                   if f.lower().endswith(IMAGE_EXTENSIONS))
 
   if os.path.isdir(os.path.join(root, "train")):
-    folder = os.path.join(root, "train" if split == "train" else "test")
-    files = files_in(folder)
+    files = files_in(os.path.join(root, "train" if split == "train" else "test"))
   else:
     everything = files_in(root)
-    cut = max(1, int(len(everything) * 0.9)) if len(everything) > 1 else len(everything)
-    files = everything[:cut] if split == "train" else everything[cut:] or everything
+    test = everything[9::10] if len(everything) >= 10 else everything[-1:]
+    held_out = set(test)
+    files = test if split == "test" else [f for f in everything if f not in held_out] or test
   if not files:
     raise MissingDatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found for split "
                               f"{split!r} under {root}")
+  return files
+
+
+def _folder_split(root, split, image_size, channels):
+  files = folder_files(root, split)
 
   def load(path):
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
                                expand_animations=False)
     image.set_shape([None, None, channels])
     size = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])  # centre square crop
-    image = tf.image.resize_with_crop_or_pad(image, size, size)
-    image = tf.image.resize(image, [image_size, image_size], method="area")
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return _to_uint8(tf.image.resize_with_crop_or_pad(image, size, size), image_size)
 
   return tf.data.Dataset.from_tensor_slices(files).map(load,
                                                        num_parallel_calls=tf.data.AUTOTUNE)
@@ -118,8 +138,7 @@ def load_split(dataset, split, image_size, channels=3, data_dir=None):
                               else dataset)
     return _folder_split(root, split, image_size, channels)
   images = _tfds_split(dataset, split, data_dir)
-  return images.map(lambda image: tf.cast(tf.image.resize(image, [image_size, image_size],
-                                                          method="area"), tf.uint8))
+  return images.map(lambda image: _to_uint8(image, image_size))
 
 
 def image_channels(dataset):
