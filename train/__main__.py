@@ -25,7 +25,10 @@ HELP = {
     "mixer": "1x1, nxn, inverse_conv, finc or emerging",
     "implementation": "inverse convolution kernels: auto, custom_op or tf",
     "batch_size": "images per replica (GPU / process) per step",
-    "learning_rate": "per replica; the run uses it times the number of replicas",
+    "learning_rate": "peak learning rate after warm-up (times the number of replicas with "
+                     "--scale-lr)",
+    "scale_lr": "multiply the learning rate by the number of replicas (Horovod's convention; "
+                "off by default, as openai/glow trained with 1e-3 on 8 GPUs)",
     "checkpoint_every": "steps between checkpoints",
     "max_nonfinite": "consecutive non-finite steps before the run stops",
     "steps_per_epoch": "0: one pass over the training set",

@@ -32,8 +32,8 @@ class Config:
   coupling: str = "affine"
   n_bits: int = 8
   batch_size: int = 64           # per replica (per GPU / process)
-  learning_rate: float = 1e-3    # per replica; times the number of replicas with scale_lr
-  scale_lr: bool = True          # Horovod's convention; openai/glow did not scale (8 GPUs, 1e-3)
+  learning_rate: float = 1e-3    # the run's rate; times the number of replicas with scale_lr
+  scale_lr: bool = False         # openai/glow kept 1e-3 on 8 GPUs; --scale-lr: Horovod's habit
   warmup_epochs: float = 1.0
   epochs: int = 20
   steps_per_epoch: int = 0       # 0: one pass over the (sharded) training set

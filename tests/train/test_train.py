@@ -40,6 +40,9 @@ def test_presets_carry_published_hyperparameters():
   assert (celeba.image_size, celeba.num_levels, celeba.n_bits, celeba.coupling) == (
       256, 6, 5, "additive")
   assert (celeba.mixer, celeba.depth) == ("finc", 4)  # flags override the preset
+  # openai/glow's rate whatever the number of workers; scaling is an explicit choice.
+  assert (cifar.learning_rate, cifar.scale_lr) == (1e-3, False)
+  assert parse(["--preset", "cifar10", "--scale-lr"]).scale_lr is True
 
 
 def test_digits_preset_end_to_end(tmp_path):
