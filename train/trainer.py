@@ -181,9 +181,9 @@ def _run(config, signals):
     if manager is not None:  # CheckpointManager writes the index last, atomically
       manager.save(checkpoint_number=step)
 
-  # Rank 0 decides whether to resume (other ranks may not see its files); Horovod then
+  # Rank 0 decides whether to resume (other ranks may not see its files); the engine then
   # broadcasts rank 0's restored weights and optimizer state.
-  latest = tf.train.latest_checkpoint(checkpoint_dir) if (config.resume and chief) else None
+  latest = _readable_checkpoint(checkpoint_dir) if (config.resume and chief) else None
   latest = engine.broadcast_object(latest)
   if config.resume and latest is None:
     log("--resume: no checkpoint yet, starting from scratch")
@@ -286,6 +286,41 @@ def _run(config, signals):
       f"  metrics:     {os.path.abspath(metrics_path)}\n"
       f"  checkpoints: {os.path.abspath(checkpoint_dir)}")
   return 0
+
+
+def _checkpoint_candidates(checkpoint_dir):
+  """Checkpoint prefixes, newest first (from the state file, or the files if it is damaged)."""
+  try:
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    if state is not None:
+      return list(reversed(state.all_model_checkpoint_paths))
+  except (tf.errors.OpError, ValueError):  # a truncated or garbled "checkpoint" file
+    pass
+  prefixes = [path[:-len(".index")] for path in tf.io.gfile.glob(
+      os.path.join(checkpoint_dir, "ckpt-*.index"))]
+  return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+
+
+def _readable_checkpoint(checkpoint_dir):
+  """The newest checkpoint whose every tensor reads back (a run killed while writing, or a
+  damaged disk, leaves a bad one); each one skipped is reported. None when there is none."""
+  candidates = _checkpoint_candidates(checkpoint_dir)
+  for i, prefix in enumerate(candidates):
+    try:
+      reader = tf.train.load_checkpoint(prefix)
+      for name in reader.get_variable_to_dtype_map():
+        reader.get_tensor(name)
+      return prefix
+    except Exception as error:  # pylint: disable=broad-except  # the reader raises many kinds
+      reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      fallback = (f"falling back to {candidates[i + 1]}" if i + 1 < len(candidates) else
+                  "no older checkpoint is left")
+      print(f"warning: checkpoint {prefix} is unreadable ({reason}); {fallback}",
+            file=sys.stderr, flush=True)
+  if candidates:
+    raise ValueError(f"--resume: no readable checkpoint in {checkpoint_dir} (all "
+                     f"{len(candidates)} are damaged); use --overwrite to start over")
+  return None
 
 
 def _write_rank_summary(run_dir, engine, model, history):

@@ -310,3 +310,26 @@ def test_folder_split_holds_out_every_class(tmp_path):
   test, train = data.folder_files(str(tmp_path), "test"), data.folder_files(str(tmp_path), "train")
   assert {os.path.basename(os.path.dirname(f)) for f in test} == {"a_cats", "b_dogs"}
   assert len(test) == 4 and len(train) == 36 and not set(test) & set(train)
+
+
+def test_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys):
+  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  args = TINY + ["--run-dir", str(tmp_path / "run"), "--steps-per-epoch", "3",
+                 "--checkpoint-every", "2", "--no-verbose"]
+  assert main(args + ["--epochs", "2"]) == 0
+  checkpoints = tmp_path / "run" / "checkpoints"
+  assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-6")
+  data_file = next(checkpoints.glob("ckpt-6.data-*"))
+  data_file.write_bytes(data_file.read_bytes()[:len(data_file.read_bytes()) // 2])  # torn write
+  capsys.readouterr()
+  assert main(args + ["--epochs", "3", "--resume", "--verbose"]) == 0
+  captured = capsys.readouterr()
+  assert "checkpoint" in captured.err and "ckpt-6 is unreadable" in captured.err
+  assert "falling back to" in captured.err and "ckpt-4" in captured.err
+  assert "resumed from" in captured.out and "ckpt-4 at step 4" in captured.out
+  assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 9
+  # Every checkpoint damaged: a clear error, not a silent fresh start.
+  for path in checkpoints.glob("ckpt-*.data-*"):
+    path.write_bytes(b"garbage")
+  assert main(args + ["--epochs", "4", "--resume"]) == 2
+  assert "no readable checkpoint" in capsys.readouterr().err
