@@ -165,3 +165,12 @@ def test_bad_configuration_says_what_to_change():
     model.compile(optimizer="adam", jit_compile=True)
   with pytest.raises(ValueError, match="decode needs 2 latents"):
     model.decode([tf.zeros([1, 2, 2, 16])])
+
+
+def test_integer_images_are_refused_by_the_continuous_api(digits):
+  model = _tiny("1x1")
+  for images in (digits[:4], tf.constant(digits[:4])):
+    for method in (model.log_prob, model.encode):
+      with pytest.raises(ValueError, match="call model.preprocess"):
+        method(images)
+  assert np.all(np.isfinite(model.bits_per_dim(digits[:4]).numpy()))  # the image API takes them

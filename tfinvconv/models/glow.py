@@ -164,8 +164,17 @@ class Glow(tf_keras.Model):
 
   # ---- the flow ----------------------------------------------------------------------------
 
+  def _check_continuous(self, x):
+    """Integer images are 0..255, not the ~[-0.5, 0.5] data the flow takes: never guess."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and tf.as_dtype(dtype).is_integer:
+      raise ValueError(f"log_prob/encode take continuous scaled data, got "
+                       f"{tf.as_dtype(dtype).name} images: call model.preprocess(images) "
+                       "first, or use model.bits_per_dim(images)")
+
   def _data_to_latent(self, x, initialize=False):
     """Returns (latents, log_prob) for continuous scaled data x."""
+    self._check_continuous(x)
     z = tf.convert_to_tensor(x, self._flow_dtype)
     total = tf.zeros(tf.shape(z)[:-3], self._flow_dtype)
     latents = []
