@@ -8,6 +8,7 @@ Distributed: `horovodrun -np N python -m train ...` (Horovod), or `--strategy mi
 import argparse
 import dataclasses
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -67,12 +68,33 @@ def parse(argv):
 
 def main(argv=None):
   config = parse(sys.argv[1:] if argv is None else argv)
-  from train.trainer import run  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from train import trainer  # pylint: disable=g-import-not-at-top
   try:
-    return run(config)  # validates the configuration first
+    return trainer.run(config)  # validates the configuration first
   except ValueError as error:  # bad data or configuration (MissingDatasetError too): say what
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except (tf.errors.UnavailableError, tf.errors.AbortedError,
+          tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
+    print(f"error: lost contact with {_lost_task(error)}; the last checkpoint in "
+          f"{os.path.join(config.folder(), 'checkpoints')} is intact: restart every worker with "
+          "--resume", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # The collectives are broken now; interpreter teardown can hang or print noise: leave.
+    os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
+
+
+def _lost_task(error):
+  """'worker 1 (/job:worker/replica:0/task:1)' from TF's error text (the task it lists as
+  unhealthy), or what the error says."""
+  text = str(error)
+  unhealthy = text.find("unhealthy")
+  task = r"/job:(\w+)/replica:\d+/task:(\d+)"
+  match = (re.search(task, text[unhealthy:]) if unhealthy >= 0 else None) or re.search(task, text)
+  if match:
+    return f"{match.group(1)} {match.group(2)} ({match.group(0)})"
+  return "another worker (" + (text.strip().splitlines() or ["no details"])[0][:200] + ")"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from train import data
 from train import distributed
 
 EXIT_NONFINITE = 3
+EXIT_LOST_WORKER = 4
 
 
 @dataclasses.dataclass
@@ -50,6 +51,10 @@ class Config:
   num_samples: int = 64
   overwrite: bool = False        # start over in a run folder that holds another run's outputs
   verbose: bool = True
+
+  def folder(self):
+    """The run folder: --run-dir, or runs/<dataset>-<mixer>."""
+    return self.run_dir or os.path.join("runs", f"{self.dataset.replace('/', '_')}-{self.mixer}")
 
   def validate(self):
     """Raises ValueError naming the first value no run could use."""
@@ -129,8 +134,7 @@ def _claim_run_dir(run_dir, config):
 def _run(config, signals):
   engine = distributed.make_engine(config.strategy or None)
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
-  run_dir = config.run_dir or os.path.join("runs", f"{config.dataset.replace('/', '_')}-"
-                                                    f"{config.mixer}")
+  run_dir = config.folder()
   chief = engine.is_chief
   # The chief decides for every worker (they may not see its files).
   refusal = engine.broadcast_object(_claim_run_dir(run_dir, config) if chief else None)

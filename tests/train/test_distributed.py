@@ -1,11 +1,14 @@
 """Real two-process training runs: horovodrun with Gloo, and MultiWorkerMirroredStrategy on
 127.0.0.1 ports. Both ranks must end with identical weights, and the loss must go down."""
 
+import glob
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,3 +139,77 @@ def test_mirrored_strategy_runs_and_learns(tmp_path):
   assert "mirrored: 1 worker(s), 1 replica(s)" in result.stdout
   _assert_identical_and_learning(_ranks(run_dir, 1))
   assert os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+
+# Fault injection: one process SIGKILLed mid-run. The others stop within a bounded time with a
+# message naming the lost one, the last checkpoint stays valid, and --resume finishes the run.
+FAULT_RUN = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4", "--epochs", "8",
+             "--steps-per-epoch", "8", "--checkpoint-every", "2"]
+STOP_WITHIN_SECONDS = 60
+
+
+def _wait_for_checkpoint(run_dir, processes, timeout=300):
+  start = time.time()
+  while time.time() - start < timeout:
+    if glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")):
+      return
+    assert all(p.poll() is None for p in processes), "a process ended before its first checkpoint"
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint appeared")
+
+
+def _finishes_after_resume(command, run_dir, count, env=None):
+  """Runs `command(env)` (with --resume) for every process; all finish with the same weights."""
+  processes = [subprocess.Popen(command(e), cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for e in env or [None]]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  assert "resumed from" in outputs[0]
+  ranks = _ranks(run_dir, count)
+  for other in ranks[1:]:
+    assert other["weights_sum"] == pytest.approx(ranks[0]["weights_sum"], rel=1e-9, abs=1e-9)
+
+
+def test_multiworker_worker_killed_mid_run(tmp_path):
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  environments = [dict(os.environ, TF_CONFIG=json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": index}})) for index in range(2)]
+  run_dir = str(tmp_path / "mwms")
+  command = lambda env, *extra: [sys.executable, "-m", "train", *FAULT_RUN, "--batch-size", "16",
+                                 "--strategy", "multiworker", "--run-dir", run_dir, *extra]
+  processes = [subprocess.Popen(command(env), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for env in environments]
+  _wait_for_checkpoint(run_dir, processes)
+  processes[1].send_signal(signal.SIGKILL)
+  start = time.time()
+  _, stderr = processes[0].communicate(timeout=STOP_WITHIN_SECONDS + 60)
+  processes[1].communicate()
+  assert time.time() - start < STOP_WITHIN_SECONDS
+  assert processes[0].returncode == 4, stderr[-3000:]
+  assert "error: lost contact with worker 1 (/job:worker/replica:0/task:1)" in stderr
+  assert "restart every worker with --resume" in stderr and "Traceback" not in stderr
+  _finishes_after_resume(lambda env: command(env, "--resume"), run_dir, 2, environments)
+
+
+def test_horovod_rank_killed_mid_run(tmp_path):
+  psutil = pytest.importorskip("psutil")  # installed by `make horovod`
+  horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+  run_dir = str(tmp_path / "hvd")
+  command = lambda *extra: [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo",
+                            sys.executable, "-m", "train", *FAULT_RUN, "--batch-size", "32",
+                            "--run-dir", run_dir, *extra]
+  launcher = subprocess.Popen(command(), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  _wait_for_checkpoint(run_dir, [launcher])
+  rank1 = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+           if "train" in p.cmdline() and p.environ().get("HOROVOD_RANK") == "1"]
+  assert rank1, "rank 1 not found"
+  rank1[-1].kill()
+  start = time.time()
+  output = launcher.communicate(timeout=STOP_WITHIN_SECONDS + 60)[0]
+  assert time.time() - start < STOP_WITHIN_SECONDS
+  assert launcher.returncode != 0
+  assert "Process name: 1" in output and "Exit code: 137" in output  # horovodrun names it
+  _finishes_after_resume(lambda env: command("--resume"), run_dir, 2)
