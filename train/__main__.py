@@ -33,6 +33,8 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "max_nonfinite": "consecutive non-finite steps before the run stops",
     "steps_per_epoch": "0: one pass over the training set",
+    "cpu_replicas": "--strategy mirrored on a machine without GPUs: split the CPU into this "
+                    "many logical devices, one replica each",
     "overwrite": "start over in a --run-dir that holds another run (deletes its checkpoints, "
                  "samples, TensorBoard logs and metrics)",
 }

@@ -116,11 +116,11 @@ class HorovodEngine(Engine):
 class StrategyEngine(Engine):
   """tf.distribute: "mirrored" (all GPUs of one host) or "multiworker" (TF_CONFIG)."""
 
-  def __init__(self, kind):
+  def __init__(self, kind, cpu_replicas=1):
     super().__init__()
     self.name = kind
     if kind == "mirrored":
-      self.strategy = tf.distribute.MirroredStrategy()
+      self.strategy = tf.distribute.MirroredStrategy(_logical_cpus(cpu_replicas))
     elif kind == "multiworker":
       if "TF_CONFIG" not in os.environ:
         raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
@@ -207,15 +207,31 @@ class StrategyEngine(Engine):
     return dataset.with_options(options)
 
 
+def _logical_cpus(count):
+  """None (the strategy's own choice: every GPU) or `count` logical CPU devices, so that the
+  multi-replica paths (all-reduce, per-replica batches) run on a machine without GPUs."""
+  if count <= 1:
+    return None
+  if tf.config.list_physical_devices("GPU"):
+    raise ValueError("--cpu-replicas is for machines without GPUs (mirrored uses every GPU)")
+  try:
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+  except RuntimeError as error:  # devices already initialised in this process
+    raise ValueError(f"--cpu-replicas needs a fresh process: {error}") from error
+  return [f"/cpu:{i}" for i in range(count)]
+
+
 def launched_by_horovod():
   return any(name in os.environ for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK",
                                              "PMI_RANK"))
 
 
-def make_engine(strategy=None):
+def make_engine(strategy=None, cpu_replicas=1):
   """Horovod when launched by horovodrun/mpirun, tf.distribute when asked, else one process."""
   if strategy:
-    return StrategyEngine(strategy)
+    return StrategyEngine(strategy, cpu_replicas)
   if launched_by_horovod():
     return HorovodEngine()
   return Engine()

@@ -48,6 +48,7 @@ class Config:
   max_nonfinite: int = 10        # consecutive skipped steps before giving up
   seed: int = 0
   strategy: str = ""             # "", "mirrored" or "multiworker"
+  cpu_replicas: int = 1          # mirrored without GPUs: logical CPU devices, one replica each
   num_samples: int = 64
   overwrite: bool = False        # start over in a run folder that holds another run's outputs
   verbose: bool = True
@@ -59,7 +60,8 @@ class Config:
   def validate(self):
     """Raises ValueError naming the first value no run could use."""
     positive = ("image_size", "num_levels", "depth", "hidden_channels", "batch_size", "epochs",
-                "kernel_size", "checkpoint_every", "max_nonfinite", "num_samples")
+                "kernel_size", "checkpoint_every", "max_nonfinite", "num_samples",
+                "cpu_replicas")
     for name in positive:
       value = getattr(self, name)
       if not (isinstance(value, int) and value >= 1):
@@ -75,6 +77,8 @@ class Config:
       raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
     if not 0 <= self.seed < 2 ** 32:
       raise ValueError(f"--seed must be in 0..{2 ** 32 - 1}, got {self.seed}")
+    if self.cpu_replicas > 1 and self.strategy != "mirrored":
+      raise ValueError("--cpu-replicas splits the CPU for --strategy mirrored only")
     if self.resume and self.overwrite:
       raise ValueError("--resume and --overwrite contradict each other: pick one")
     data.check_dataset_name(self.dataset)
@@ -132,7 +136,7 @@ def _claim_run_dir(run_dir, config):
 
 
 def _run(config, signals):
-  engine = distributed.make_engine(config.strategy or None)
+  engine = distributed.make_engine(config.strategy or None, config.cpu_replicas)
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
   run_dir = config.folder()
   chief = engine.is_chief

@@ -84,61 +84,64 @@ def _free_ports(n):
   return ports
 
 
-def test_multiworker_mirrored_two_workers(tmp_path):
+def _multiworker_environments():
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-  run_dir = str(tmp_path / "mwms")
-  environments = [dict(os.environ, TF_CONFIG=json.dumps(
+  return [dict(os.environ, TF_CONFIG=json.dumps(
       {"cluster": cluster, "task": {"type": "worker", "index": index}})) for index in range(2)]
+
+
+def _workers(environments, args, returncode=0, timeout=600):
+  """Runs `python -m train args --strategy multiworker` once per environment; their outputs."""
   processes = [subprocess.Popen(
-      [sys.executable, "-m", "train", *TINY, "--batch-size", "16", "--strategy", "multiworker",
-       "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for env in environments]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
+      [sys.executable, "-m", "train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
+  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
   for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == returncode, output[-3000:]
+  return outputs
+
+
+def test_multiworker_mirrored_two_workers(tmp_path):
+  environments = _multiworker_environments()
+  run_dir = str(tmp_path / "mwms")
+  args = [*TINY, "--batch-size", "16", "--run-dir", run_dir]
+  outputs = _workers(environments, args)
   assert "multiworker: 2 worker(s), 2 replica(s)" in outputs[0]
   _assert_identical_and_learning(_ranks(run_dir, 2))
 
   # The same folder again without --resume: the chief refuses, and its decision reaches the
   # other worker (an object broadcast over the strategy), so both stop instead of hanging.
-  processes = [subprocess.Popen(
-      [sys.executable, "-m", "train", *TINY, "--batch-size", "16", "--strategy", "multiworker",
-       "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for env in environments]
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 2, output[-3000:]
+  for output in _workers(environments, args, returncode=2, timeout=300):
     assert "already holds checkpoints" in output
 
   # Stop after one epoch, resume to three: the chief decides and broadcasts the checkpoint and
   # its restored variables; both workers end with the uninterrupted run's weights.
-  def workers(folder, *extra, epochs=3):
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "train", *_with_epochs(TINY, epochs), "--batch-size", "16",
-         "--strategy", "multiworker", "--run-dir", folder, *extra], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for process, output in zip(processes, outputs):
-      assert process.returncode == 0, output[-3000:]
-    return outputs
-
   resumed_dir = str(tmp_path / "mwms_resumed")
-  workers(resumed_dir, epochs=1)
-  assert "resumed from" in workers(resumed_dir, "--resume")[0]
+  resumed = [*TINY, "--batch-size", "16", "--run-dir", resumed_dir]
+  _workers(environments, _with_epochs(resumed, 1))
+  assert "resumed from" in _workers(environments, resumed + ["--resume"])[0]
   _assert_same_weights(_ranks(resumed_dir, 2), _ranks(run_dir, 2))
 
 
-def test_mirrored_strategy_runs_and_learns(tmp_path):
-  """MirroredStrategy over this host's devices (one CPU here: one replica)."""
+def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
+  """MirroredStrategy over two logical CPU devices: the all-reduce paths really run."""
+  def mirrored(run_dir, *extra, epochs=3):
+    result = subprocess.run([sys.executable, "-m", "train", *_with_epochs(TINY, epochs),
+                             "--strategy", "mirrored", "--cpu-replicas", "2", "--run-dir",
+                             run_dir, *extra], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
   run_dir = str(tmp_path / "mirrored")
-  result = subprocess.run([sys.executable, "-m", "train", *TINY, "--strategy", "mirrored",
-                           "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert "mirrored: 1 worker(s), 1 replica(s)" in result.stdout
+  assert "mirrored: 1 worker(s), 2 replica(s)" in mirrored(run_dir).stdout
   _assert_identical_and_learning(_ranks(run_dir, 1))
   assert os.path.exists(os.path.join(run_dir, "metrics.json"))
+  resumed_dir = str(tmp_path / "mirrored_resumed")
+  mirrored(resumed_dir, epochs=1)
+  assert "resumed from" in mirrored(resumed_dir, "--resume").stdout
+  _assert_same_weights(_ranks(resumed_dir, 1), _ranks(run_dir, 1))
 
 
 # Fault injection: one process SIGKILLed mid-run. The others stop within a bounded time with a
@@ -158,29 +161,19 @@ def _wait_for_checkpoint(run_dir, processes, timeout=300):
   raise AssertionError("no checkpoint appeared")
 
 
-def _finishes_after_resume(command, run_dir, count, env=None):
-  """Runs `command(env)` (with --resume) for every process; all finish with the same weights."""
-  processes = [subprocess.Popen(command(e), cwd=ROOT, env=e, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for e in env or [None]]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-3000:]
-  assert "resumed from" in outputs[0]
+def _assert_ranks_agree(run_dir, count):
   ranks = _ranks(run_dir, count)
   for other in ranks[1:]:
     assert other["weights_sum"] == pytest.approx(ranks[0]["weights_sum"], rel=1e-9, abs=1e-9)
 
 
 def test_multiworker_worker_killed_mid_run(tmp_path):
-  ports = _free_ports(2)
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-  environments = [dict(os.environ, TF_CONFIG=json.dumps(
-      {"cluster": cluster, "task": {"type": "worker", "index": index}})) for index in range(2)]
+  environments = _multiworker_environments()
   run_dir = str(tmp_path / "mwms")
-  command = lambda env, *extra: [sys.executable, "-m", "train", *FAULT_RUN, "--batch-size", "16",
-                                 "--strategy", "multiworker", "--run-dir", run_dir, *extra]
-  processes = [subprocess.Popen(command(env), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for env in environments]
+  args = [*FAULT_RUN, "--batch-size", "16", "--run-dir", run_dir]
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in environments]
   _wait_for_checkpoint(run_dir, processes)
   processes[1].send_signal(signal.SIGKILL)
   start = time.time()
@@ -190,7 +183,8 @@ def test_multiworker_worker_killed_mid_run(tmp_path):
   assert processes[0].returncode == 4, stderr[-3000:]
   assert "error: lost contact with worker 1 (/job:worker/replica:0/task:1)" in stderr
   assert "restart every worker with --resume" in stderr and "Traceback" not in stderr
-  _finishes_after_resume(lambda env: command(env, "--resume"), run_dir, 2, environments)
+  assert "resumed from" in _workers(environments, args + ["--resume"])[0]  # the run finishes
+  _assert_ranks_agree(run_dir, 2)
 
 
 def test_horovod_rank_killed_mid_run(tmp_path):
@@ -212,4 +206,7 @@ def test_horovod_rank_killed_mid_run(tmp_path):
   assert time.time() - start < STOP_WITHIN_SECONDS
   assert launcher.returncode != 0
   assert "Process name: 1" in output and "Exit code: 137" in output  # horovodrun names it
-  _finishes_after_resume(lambda env: command("--resume"), run_dir, 2)
+  result = subprocess.run(command("--resume"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0 and "resumed from" in result.stdout, result.stdout[-3000:]
+  _assert_ranks_agree(run_dir, 2)

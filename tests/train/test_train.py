@@ -231,6 +231,8 @@ BAD_VALUES = [
     (["--n-bits", "9"], "--n-bits must be in 1..8"),
     (["--dataset", "/nonexistent/images"], "no such image folder: /nonexistent/images"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
+    (["--cpu-replicas", "0"], "--cpu-replicas must be a positive integer"),
+    (["--cpu-replicas", "2"], "--cpu-replicas splits the CPU for --strategy mirrored only"),
 ]
 
 
