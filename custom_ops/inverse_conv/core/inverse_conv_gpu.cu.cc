@@ -4,6 +4,9 @@
 // the centre inverse, then the solve kernel walks every diagonal of its tile in one launch.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+
 #include "inverse_conv_gpu.h"
 #include "inverse_conv_gpu_kernel.h"
 
@@ -79,9 +82,10 @@ struct SolveLaunch {
 
 }  // namespace
 
-int QueryGpuLimits(GpuLimits* limits) {
-  int device = 0, value = 0;
-  cudaError_t err = cudaGetDevice(&device);
+// The attribute queries behind QueryGpuLimits, for one device.
+static cudaError_t ReadGpuLimits(int device, GpuLimits* limits) {
+  int value = 0;
+  cudaError_t err = cudaSuccess;
   const struct {
     cudaDeviceAttr attribute;
     void (*set)(GpuLimits*, int);
@@ -99,7 +103,27 @@ int QueryGpuLimits(GpuLimits* limits) {
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&value, field.attribute, device);
     if (err == cudaSuccess) field.set(limits, value);
   }
-  return static_cast<int>(err);
+  return err;
+}
+
+int QueryGpuLimits(GpuLimits* limits) {
+  // Read once per device: every solve call plans with them, and five attribute queries per call
+  // would sit on the launch path.
+  static std::mutex mutex;
+  static std::map<int, GpuLimits> known;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = known.find(device);
+  if (found == known.end()) {
+    GpuLimits read;
+    err = ReadGpuLimits(device, &read);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    found = known.emplace(device, read).first;
+  }
+  *limits = found->second;
+  return cudaSuccess;
 }
 
 template <typename T>

@@ -167,8 +167,8 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
 constexpr int kPrepareThreads = 256;
 
 #if defined(GOOGLE_CUDA) || defined(__CUDACC__)
-// Fills `limits` for the current device (attribute queries only: no synchronisation). Returns a
-// cudaError_t value (0 on success).
+// Fills `limits` for the current device (attribute queries, made once per device and cached;
+// no synchronisation). Returns a cudaError_t value (0 on success).
 int QueryGpuLimits(GpuLimits* limits);
 
 // out = A^{-1} rhs (adjoint=false) or A^{-T} rhs (adjoint=true) on device pointers, launched on
