@@ -226,6 +226,8 @@ def main():
   parser.add_argument("--small", action="store_true", help="a few small correctness shapes")
   parser.add_argument("--repeats", type=int, default=50)
   args = parser.parse_args()
+  if args.repeats < 1:
+    parser.error(f"--repeats must be at least 1, got {args.repeats}")
   if not torch.cuda.is_available():
     sys.exit("no CUDA device visible to PyTorch")
   torch.backends.cudnn.allow_tf32 = False

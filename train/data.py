@@ -105,18 +105,22 @@ def _folder_split(root, split, image_size, channels):
                                                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _is_path(dataset):
-  return dataset.startswith(("/", "./", "../", "~", "folder:")) or os.path.isdir(dataset)
+def _folder_root(dataset):
+  """The image folder a --dataset value names ("folder:PATH", or anything path-like), or None
+  for digits and TFDS names."""
+  if dataset.startswith("folder:"):
+    return os.path.expanduser(dataset[len("folder:"):])
+  if dataset.startswith(("/", "./", "../", "~")) or os.path.isdir(dataset):
+    return os.path.expanduser(dataset)
+  return None
 
 
 def check_dataset_name(dataset):
   """A dataset given as a path must be an existing folder (TFDS names are not checked here)."""
-  if _is_path(dataset):
-    root = os.path.expanduser(dataset[len("folder:"):] if dataset.startswith("folder:")
-                              else dataset)
-    if not os.path.isdir(root):
-      raise MissingDatasetError(f"no such image folder: {root} (--dataset takes digits, a TFDS "
-                                "name such as cifar10, or an existing folder of images)")
+  root = _folder_root(dataset)
+  if root is not None and not os.path.isdir(root):
+    raise MissingDatasetError(f"no such image folder: {root} (--dataset takes digits, a TFDS "
+                              "name such as cifar10, or an existing folder of images)")
 
 
 def load_split(dataset, split, image_size, channels=3, data_dir=None):
@@ -132,10 +136,9 @@ def load_split(dataset, split, image_size, channels=3, data_dir=None):
       images = images.map(lambda image: tf.image.resize(image, [image_size, image_size],
                                                         method="nearest"))
     return images
-  if _is_path(dataset):
+  root = _folder_root(dataset)
+  if root is not None:
     check_dataset_name(dataset)
-    root = os.path.expanduser(dataset[len("folder:"):] if dataset.startswith("folder:")
-                              else dataset)
     return _folder_split(root, split, image_size, channels)
   images = _tfds_split(dataset, split, data_dir)
   return images.map(lambda image: _to_uint8(image, image_size))

@@ -152,7 +152,7 @@ class StrategyEngine(Engine):
     flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in values] or [np.zeros(0)])
     if not self.is_chief:
       flat = np.zeros_like(flat)
-    flat = self._sum_from_first_replica(flat)  # float64 carries float32 and int64 steps exactly
+    flat = self._sum(flat, first_replica_only=True)  # float64: float32 and int64 steps exact
     offset = 0
     for variable, value in zip(variables, values):
       variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
@@ -165,10 +165,7 @@ class StrategyEngine(Engine):
     if self.name != "multiworker":
       return bool(flag)  # one process
     # A collective: every worker calls this once per step and all see the same answer.
-    value = tf.constant(1.0 if flag else 0.0)
-    total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                 self.strategy.run(lambda: tf.identity(value)), axis=None)
-    return float(total) > 0
+    return float(self._sum(np.array(1.0 if flag else 0.0))) > 0
 
   def broadcast_object(self, value):
     """Rank 0's value on every worker. tf.distribute has no object broadcast, so the pickled
@@ -177,16 +174,20 @@ class StrategyEngine(Engine):
     if self.name != "multiworker":
       return value  # one process
     payload = np.frombuffer(pickle.dumps(value), np.uint8) if self.is_chief else np.zeros(0)
-    length = int(self._sum_from_first_replica(np.array([payload.size], np.float64))[0])
+    length = int(self._sum(np.array([payload.size], np.float64), first_replica_only=True)[0])
     buffer = np.zeros(length, np.float64)
     buffer[:payload.size] = payload
-    data = self._sum_from_first_replica(buffer)
+    data = self._sum(buffer, first_replica_only=True)
     return pickle.loads(np.rint(data).astype(np.uint8).tobytes())
 
-  def _sum_from_first_replica(self, array):
+  def _sum(self, array, first_replica_only=False):
+    """All-reduce sum of `array` over every replica of every worker (a collective: every worker
+    calls it), or, with first_replica_only, just the value of global replica 0 (the chief's)."""
     value = tf.constant(array)
 
     def contribute():
+      if not first_replica_only:
+        return tf.identity(value)
       first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
       return tf.where(first, value, tf.zeros_like(value))
 

@@ -260,11 +260,8 @@ class Glow(tf_keras.Model):
   def from_config(cls, config):
     return cls(**config)
 
-  # compile() is overridden (jit_compile default), so load_model needs these to compile the
-  # loaded model and restore its optimizer state (Keras skips both for custom compile()).
-  def get_compile_config(self):
-    return super().get_compile_config()
-
+  # compile() is overridden (jit_compile default), so load_model needs this to compile the
+  # loaded model and restore its optimizer state (Keras skips both for a custom compile()).
   def compile_from_config(self, config):
     self.compile(**tf_keras.saving.deserialize_keras_object(config))
     if self.optimizer is not None:
