@@ -73,6 +73,12 @@ def test_formats_that_would_lose_variables_are_refused(name, digits, tmp_path):
   assert not os.path.exists(tmp_path / name)
 
 
+def test_export_refuses_what_is_not_a_glow(tmp_path):
+  with pytest.raises(TypeError, match="takes a tfinvconv.models.Glow"):
+    export_saved_model(tf_keras.Sequential([tf_keras.layers.Dense(1)]), str(tmp_path / "x"))
+  assert not os.path.exists(tmp_path / "x")
+
+
 def test_loading_variables_of_another_configuration_is_an_error(digits):
   model = _trained("1x1", digits, steps_per_epoch=1)
   store = {str(i): v.numpy() for i, v in enumerate(model.all_variables())}

@@ -13,6 +13,8 @@ stateless: the same seed gives the same numbers in every process.
 
 import tensorflow as tf
 
+from tfinvconv.models import glow
+
 
 def _sample(model, n, temperature, seed):
   """`model.sample` with stateless noise: one seed per latent, split from `seed`."""
@@ -26,6 +28,9 @@ def _sample(model, n, temperature, seed):
 
 def export_saved_model(model, directory):
   """Writes `model` (a tfinvconv Glow) as a SavedModel with log_prob, bits_per_dim and sample."""
+  if not isinstance(model, glow.Glow):
+    raise TypeError(f"export_saved_model takes a tfinvconv.models.Glow, got "
+                    f"{type(model).__name__} (for other Keras models use model.export)")
   height, width, channels = model.image_shape
   data = tf.TensorSpec([None, height, width, channels], model.dtype, name="x")
   images = tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")
