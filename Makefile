@@ -126,11 +126,13 @@ cuda-check: setup
 # On a machine with a GPU, PyTorch and a CUDA toolkit (no TensorFlow needed): the core as a C
 # library for this GPU, correctness under compute-sanitizer (memcheck, racecheck), then
 # correctness at every shape and timings against cuDNN; writes benchmarks/results/ops_gpu.md.
-gpu-bench:
-	$(call core_library,-arch=native -lineinfo,$(GPU_BENCH_LIB))
+gpu-bench: $(GPU_BENCH_LIB)
 	compute-sanitizer --tool memcheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
 	compute-sanitizer --tool racecheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
 	$(PYTHON) -m benchmarks.bench_ops_gpu
+
+$(GPU_BENCH_LIB): $(wildcard $(CORE)/*) custom_ops/inverse_conv/gpu_bench/c_api.cu
+	$(call core_library,-arch=native -lineinfo,$(GPU_BENCH_LIB))
 
 clean:
 	rm -rf build $(OP_LIBRARY) *.egg-info

@@ -6,7 +6,7 @@ GPU machines here have PyTorch but no TensorFlow, so the framework-free core is 
 library with a C interface (custom_ops/inverse_conv/gpu_bench/c_api.cu) and driven through ctypes
 on PyTorch tensors. First correctness: the GPU solve and adjoint against the CPU core in float64
 (every corner, both paths), float32 against the same, and torch's own convolution applied to the
-solution (A x = y). Then timings with CUDA events, interleaved call by call, medians after
+solution (A x = y); each solve runs twice and must agree bit for bit. Then timings with CUDA events, interleaved call by call, medians after
 warm-up, next to `torch.nn.functional.conv2d` of the same causal convolution (cuDNN, TF32 off,
 cudnn.benchmark on): forward, adjoint, and the kernel-gradient cost (cuDNN's filter gradient,
 which our gradient uses as well). Writes benchmarks/results/ops_gpu.{md,json}.
@@ -139,6 +139,10 @@ def check(core, shapes):
           kt = torch.tensor(kernel, dtype=dtype, device="cuda")
           solve, plan = core.solver(x, kt, corner, adjoint)
           got = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
+          again = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
+          if not np.array_equal(got, again, equal_nan=True):  # a moving result is a race
+            failures += 1
+            print(f"FAIL {(b, h, w, c, k)} corner {corner} adjoint {adjoint}: two runs differ")
           err = relative_error(got, expected)
           name = str(dtype).replace("torch.", "")
           worst[name] = max(worst[name], err)
