@@ -128,7 +128,7 @@ cuda-check: setup
 # correctness at every shape and timings against cuDNN; writes benchmarks/results/ops_gpu.md.
 gpu-bench: $(GPU_BENCH_LIB)
 	compute-sanitizer --tool memcheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
-	compute-sanitizer --tool racecheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --small
+	compute-sanitizer --tool racecheck --error-exitcode 1 $(PYTHON) -m benchmarks.bench_ops_gpu --check-only --tiny
 	$(PYTHON) -m benchmarks.bench_ops_gpu
 
 $(GPU_BENCH_LIB): $(wildcard $(CORE)/*) custom_ops/inverse_conv/gpu_bench/c_api.cu

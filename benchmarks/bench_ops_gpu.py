@@ -48,24 +48,27 @@ class Core:
     lib = ctypes.CDLL(path)
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.tfinvconv_gpu_plan.argtypes = [i32] + [i64] * 5 + [ctypes.POINTER(i64)] * 4 + [
-        ctypes.POINTER(i32)] * 2
-    lib.tfinvconv_gpu_solve.argtypes = [i32] + [i64] * 5 + [ptr, ptr, i32, i32, ptr, ptr, ptr]
+        ctypes.POINTER(i32)] * 3
+    lib.tfinvconv_gpu_solve.argtypes = [i32] + [i64] * 5 + [ptr, ptr, i32, i32, ptr, ptr, ptr,
+                                                            i32]
     lib.tfinvconv_cpu_solve_f64.argtypes = [i64] * 5 + [ptr, ptr, i32, i32, ptr]
     self.lib = lib
 
   def plan(self, x, k):
     b, h, w, c = x.shape
-    fields = [ctypes.c_int64() for _ in range(4)] + [ctypes.c_int() for _ in range(2)]
+    fields = [ctypes.c_int64() for _ in range(4)] + [ctypes.c_int() for _ in range(3)]
     err = self.lib.tfinvconv_gpu_plan(x.element_size(), b, h, w, c, k,
                                       *[ctypes.byref(f) for f in fields])
     if err:
       raise RuntimeError(f"no GPU plan for {tuple(x.shape)} k={k} (error {err})")
-    scratch, shared, tile_h, tile_w, threads, in_shared = (f.value for f in fields)
+    scratch, shared, tile_h, tile_w, threads, in_shared, unrolled = (f.value for f in fields)
     return dict(scratch=scratch, shared=shared, tile=(tile_h, tile_w), threads=threads,
-                weights_in_shared=bool(in_shared), tiled=(tile_h, tile_w) != (h, w))
+                weights_in_shared=bool(in_shared), tiled=(tile_h, tile_w) != (h, w),
+                unrolled=unrolled)
 
-  def solver(self, x, kernel, corner=0, adjoint=False):
-    """A function out = solve(rhs) with its scratch allocated once (as TF's allocator would)."""
+  def solver(self, x, kernel, corner=0, adjoint=False, generic=False):
+    """A function out = solve(rhs) with its scratch allocated once (as TF's allocator would).
+    generic: the generic channel loops even where the plan has an unrolled kernel."""
     k = kernel.shape[0]
     plan = self.plan(x, k)
     scratch = torch.empty(plan["scratch"], dtype=torch.uint8, device="cuda")  # 256-B aligned
@@ -75,7 +78,7 @@ class Core:
       stream = torch.cuda.current_stream().cuda_stream
       err = self.lib.tfinvconv_gpu_solve(rhs.element_size(), b, h, w, c, k, rhs.data_ptr(),
                                          kernel.data_ptr(), corner, int(adjoint), out.data_ptr(),
-                                         scratch.data_ptr(), stream)
+                                         scratch.data_ptr(), stream, int(generic))
       if err:
         raise RuntimeError(f"CUDA error {err} from the solve")
       return out
@@ -137,19 +140,22 @@ def check(core, shapes):
         for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-3)):
           x = torch.tensor(rhs, dtype=dtype, device="cuda")
           kt = torch.tensor(kernel, dtype=dtype, device="cuda")
-          solve, plan = core.solver(x, kt, corner, adjoint)
-          got = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
-          again = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
-          if not np.array_equal(got, again, equal_nan=True):  # a moving result is a race
-            failures += 1
-            print(f"FAIL {(b, h, w, c, k)} corner {corner} adjoint {adjoint}: two runs differ")
-          err = relative_error(got, expected)
           name = str(dtype).replace("torch.", "")
-          worst[name] = max(worst[name], err)
-          if not err <= tol:
-            failures += 1
-            print(f"FAIL {name} {(b, h, w, c, k)} corner {corner} adjoint {adjoint} "
-                  f"tiled {plan['tiled']}: relative error {err:.2e}")
+          for generic in (False, True):  # the plan's kernel, and the generic one if it differs
+            solve, plan = core.solver(x, kt, corner, adjoint, generic)
+            if generic and not plan["unrolled"]:
+              continue
+            got = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
+            again = solve(x, torch.full_like(x, float("nan"))).cpu().numpy()
+            if not np.array_equal(got, again, equal_nan=True):  # a moving result is a race
+              failures += 1
+              print(f"FAIL {(b, h, w, c, k)} corner {corner} adjoint {adjoint}: two runs differ")
+            err = relative_error(got, expected)
+            worst[name] = max(worst[name], err)
+            if not err <= tol:
+              failures += 1
+              print(f"FAIL {name} {(b, h, w, c, k)} corner {corner} adjoint {adjoint} tiled "
+                    f"{plan['tiled']} generic {generic}: relative error {err:.2e}")
           if dtype == torch.float64 and corner == 0 and not adjoint:
             back = causal_conv(torch.tensor(got, device="cuda"), kt).cpu().numpy()
             err = relative_error(back, rhs)
@@ -170,6 +176,7 @@ def bench_row(core, batch, size, c, k, repeats):
   kernel = torch.tensor(random_kernel(rng, k, c), dtype=torch.float32, device="cuda")
   solve, plan = core.solver(x, kernel)
   adjoint, _ = core.solver(x, kernel, adjoint=True)
+  generic, _ = core.solver(x, kernel, generic=True)
   weight = masked_weight(kernel)
   x_padded = pad_causal(x, k).contiguous(memory_format=torch.channels_last)
   g_nchw = g.permute(0, 3, 1, 2)
@@ -180,6 +187,7 @@ def bench_row(core, batch, size, c, k, repeats):
       "filter_grad": lambda: torch.nn.grad.conv2d_weight(x_padded, weight.shape, g_nchw),
       "solve": lambda: solve(x, out),
       "adjoint": lambda: adjoint(g, out),
+      "generic": lambda: generic(x, out),  # the same solve with the generic channel loops
   }
   times = {name: [] for name in calls}
   start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -206,12 +214,15 @@ def markdown(rows, device, repeats):
            "train = (solve + adjoint + filter grad) / (conv + conv input grad + filter grad). "
            f"Targets: solve <= {GLOW_TARGET}x conv at every Glow shape, <= {STRETCH_TARGET}x "
            "stretch.", "",
-           "| set | B x H x W x C, k | path | conv | solve | adjoint | filter grad | solve/conv "
-           "| adjoint/conv | train | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "generic = the solve with the generic channel loops instead of the plan's unrolled "
+           "kernel (same plan otherwise).", "",
+           "| set | B x H x W x C, k | path | conv | solve | adjoint | filter grad | generic | "
+           "solve/conv | adjoint/conv | train | target |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     ms, p = r["ms"], r["plan"]
     path = (f"tiled {p['tile'][0]}x{p['tile'][1]}" if p["tiled"] else "whole image") + \
-        f", {p['threads']} thr"
+        f", {p['threads']} thr" + (f", unrolled {p['unrolled']}" if p["unrolled"] else "")
     target = ""
     if r["set"] == "Glow CIFAR-10":
       target = ("stretch met" if r["solve_ratio"] <= STRETCH_TARGET else
@@ -219,6 +230,7 @@ def markdown(rows, device, repeats):
     lines.append(f"| {r['set']} | {r['batch']}x{r['size']}x{r['size']}x{r['channels']}, "
                  f"{r['k']} | {path} | {ms['conv'] * 1e3:.0f} | {ms['solve'] * 1e3:.0f} | "
                  f"{ms['adjoint'] * 1e3:.0f} | {ms['filter_grad'] * 1e3:.0f} | "
+                 f"{ms['generic'] * 1e3:.0f} | "
                  f"{r['solve_ratio']:.2f} | {r['adjoint_ratio']:.2f} | {r['train_ratio']:.2f} | "
                  f"{target} |")
   return "\n".join(lines)
@@ -228,6 +240,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--check-only", action="store_true", help="correctness only, no timings")
   parser.add_argument("--small", action="store_true", help="a few small correctness shapes")
+  parser.add_argument("--tiny", action="store_true",
+                      help="two small whole-image shapes (for racecheck, which is slow)")
   parser.add_argument("--repeats", type=int, default=50)
   args = parser.parse_args()
   if args.repeats < 1:
@@ -238,8 +252,10 @@ def main():
   torch.backends.cuda.matmul.allow_tf32 = False
   torch.backends.cudnn.benchmark = True
   core = Core()
-  failures = check(core, SMALL_CHECK_SHAPES if args.small else CHECK_SHAPES)
-  if failures or args.check_only:
+  shapes = (SMALL_CHECK_SHAPES[:2] if args.tiny else SMALL_CHECK_SHAPES if args.small else
+            CHECK_SHAPES)
+  failures = check(core, shapes)
+  if failures or args.check_only or args.tiny or args.small:
     sys.exit(1 if failures else 0)
   device = torch.cuda.get_device_name()
   rows = []

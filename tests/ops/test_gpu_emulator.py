@@ -58,20 +58,20 @@ def test_emulator_passes_on_the_kernel_source(cpu_core_object, tmp_path):
 # Each mutation is one way the kernel source can be wrong; the emulator must catch every one.
 MUTATIONS = {
     "removed barrier after the accumulate stretch": (
-        "block.run([=](int t) { AccumulateDiagonal(t, a, tc, d, buffer, acc, weights); });\n"
+        "block.run([=](int t) { AccumulateDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });\n"
         "      block.barrier();",
-        "block.run([=](int t) { AccumulateDiagonal(t, a, tc, d, buffer, acc, weights); });"),
+        "block.run([=](int t) { AccumulateDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });"),
     "removed barrier between diagonals": (
-        "block.run([=](int t) { FinishDiagonal(t, a, tc, d, buffer, acc, weights); });\n"
+        "block.run([=](int t) { FinishDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });\n"
         "      block.barrier();",
-        "block.run([=](int t) { FinishDiagonal(t, a, tc, d, buffer, acc, weights); });"),
-    "changed tap offset": ("int wt = (p * ki + q) * ci * ci", "int wt = (q * ki + p) * ci * ci"),
+        "block.run([=](int t) { FinishDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });"),
+    "changed tap offset": ("int wt = ((p * ki + q) * ci", "int wt = ((q * ki + p) * ci"),
     "tap column off by one": ("* bwi + static_cast<int>(col) + q) * ci",
                               "* bwi + static_cast<int>(col) + q + 1) * ci"),
     "swapped frame strides": ("h * a.frame.row_stride + w * a.frame.col_stride",
                               "h * a.frame.col_stride + w * a.frame.row_stride"),
-    "left halo not loaded": ("if (r >= halo && col >= halo) continue;",
-                             "if (r >= halo) continue;"),
+    "left halo not loaded": ("const bool own = r >= halo && col >= halo;",
+                             "const bool own = r >= halo;"),
     "adjoint without the channel swap": (
         "a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e]", "a.kernel[e]"),
     "centre inverse column order": ("a.inverse[m * c + o]", "a.inverse[o * c + m]"),
@@ -96,7 +96,8 @@ def test_emulator_fails_on_a_broken_kernel(name, cpu_core_object, tmp_path):
 
 def test_resource_gate_flags_what_the_plan_does_not_assume():
   gate = _load_tool("check_resources")
-  solve = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIfLb1ELb1EEEvNS_3gpu9SolveArgsIT_EE"
+  solve = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIfLb1ELb1ELi3EEEvNS_3gpu9SolveArgsIT_EE"
+  generic = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIdLb0ELb1ELi0EEEvNS_3gpu9SolveArgsIT_EE"
   prepare = "_ZN9tfinvconv12_GLOBAL__N_113PrepareKernelIdEEvNS_3gpu11PrepareArgsIT_EE"
 
   def log(name, sm, stack=0, stores=0, loads=0, registers=40, smem=None):
@@ -108,7 +109,8 @@ def test_resource_gate_flags_what_the_plan_does_not_assume():
 
   clean = gate.parse(log(solve, 90) + log(prepare, 90))
   assert gate.problems(clean, 1024, 256) == []
-  assert gate.kernel_label(solve) == "SolveKernel<float, weights shared, tile shared>"
+  assert gate.kernel_label(solve) == "SolveKernel<float, weights shared, tile shared, 3 vectors>"
+  assert gate.kernel_label(generic) == "SolveKernel<double, weights global, tile shared, generic>"
   cases = {
       "spill": log(solve, 80, stack=8, stores=8, loads=8),
       "static shared memory": log(solve, 90, smem=1024),

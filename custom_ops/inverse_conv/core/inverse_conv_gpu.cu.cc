@@ -50,17 +50,17 @@ __global__ void __launch_bounds__(kPrepareThreads) PrepareKernel(gpu::PrepareArg
   gpu::PrepareProgram(block, args);
 }
 
-template <typename T, bool kWeightsInShared, bool kTileInShared>
+template <typename T, bool kWeightsInShared, bool kTileInShared, int kVectors>
 __global__ void __launch_bounds__(kMaxSolveThreads, 1) SolveKernel(gpu::SolveArgs<T> args) {
   extern __shared__ __align__(16) unsigned char arena[];
   DeviceBlock block{arena, args.work + blockIdx.x * args.plan.block_work_bytes};
-  gpu::SolveProgram<kWeightsInShared, kTileInShared>(block, args);
+  gpu::SolveProgram<kWeightsInShared, kTileInShared, kVectors>(block, args);
 }
 
-template <typename T, bool kWeightsInShared, bool kTileInShared>
+template <typename T, bool kWeightsInShared, bool kTileInShared, int kVectors>
 cudaError_t LaunchSolve(const gpu::SolveArgs<T>& args, cudaStream_t stream) {
   const GpuSolvePlan& plan = args.plan;
-  auto* kernel = SolveKernel<T, kWeightsInShared, kTileInShared>;
+  auto* kernel = SolveKernel<T, kWeightsInShared, kTileInShared, kVectors>;
   if (plan.shared_bytes > kDefaultSharedLimit) {  // opt-in, or the launch fails
     cudaError_t err = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes));
@@ -74,9 +74,9 @@ template <typename T>
 struct SolveLaunch {
   const gpu::SolveArgs<T>& args;
   cudaStream_t stream;
-  template <bool kWeightsInShared, bool kTileInShared>
+  template <bool kWeightsInShared, bool kTileInShared, int kVectors>
   cudaError_t Run() const {
-    return LaunchSolve<T, kWeightsInShared, kTileInShared>(args, stream);
+    return LaunchSolve<T, kWeightsInShared, kTileInShared, kVectors>(args, stream);
   }
 };
 

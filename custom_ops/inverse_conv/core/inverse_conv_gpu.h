@@ -45,6 +45,25 @@ constexpr int64_t kDefaultSharedLimit = 48 * 1024;
 // with more work items than threads takes several passes (the block is issue-bound by then).
 constexpr int kMaxSolveThreads = 512;
 
+// Elements per row of the prepared weights [k*k][C out][row] (a row holds one output channel's
+// C input weights, padded): a multiple of 16 bytes, so a thread reads its weights 16 bytes at a
+// time, and an odd number of 16-byte units, so the 8 output channels of a quarter warp hit
+// distinct shared-memory banks with those loads.
+inline int64_t PreparedWeightRow(int64_t channels, int64_t elem) {
+  const int64_t units = (channels * elem + 15) / 16;
+  return (units % 2 ? units : units + 1) * 16 / elem;
+}
+
+// Pixels of these numbers of 16-byte vectors (C * sizeof(T) / 16) get kernels with the channel
+// loops fully unrolled, when the tile and the weights are in shared memory (every Glow level);
+// other channel counts and placements use the generic loops (kernel parameter 0).
+template <int... kVectors>
+struct VectorCounts {
+  static constexpr int kValues[] = {kVectors...};
+  static constexpr bool Contains(int64_t v) { return ((v == kVectors) || ...); }
+};
+using UnrolledVectorCounts = VectorCounts<1, 2, 3, 4, 6, 8, 12>;
+
 // Plain data (it is passed to the kernel by value).
 struct GpuSolvePlan {
   bool feasible = false;   // false: a tile buffer or the weights would overflow int indices
@@ -55,6 +74,8 @@ struct GpuSolvePlan {
   int64_t tile_h = 0, tile_w = 0;    // tile size in frame pixels
   int64_t tiles_h = 0, tiles_w = 0;  // tiles per image along H and W
   int64_t halo = 0;                  // k - 1
+  int64_t weight_row = 0;            // PreparedWeightRow
+  int unrolled_vectors = 0;          // the kernel's compile-time vectors per pixel, 0 = generic
   int64_t buffer_w = 0;              // tile_w + halo: row length of the tile buffer, in pixels
   int threads = 0;                   // per block, a multiple of 32
   int64_t grid = 0;                  // blocks launched
@@ -66,12 +87,15 @@ struct GpuSolvePlan {
   int64_t weights_offset = 0, slot_offset = 0;
   int64_t shared_bytes = 0;
   // Global scratch, byte offsets: centre block and its inverse in double (C*C each), prepared
-  // weights (T, k*k*C*C), tile done flags (int, batch*tiles), the tile counter (int), and the
-  // blocks' work slices when the tile is not in shared memory (grid x block_work_bytes).
+  // weights (T, prepared_elements), tile done flags (int, batch*tiles), the tile counter (int),
+  // and the blocks' work slices when the tile is not in shared memory (grid x block_work_bytes).
   int64_t centre_offset = 0, inverse_offset = 0, prepared_offset = 0, flags_offset = 0,
           counter_offset = 0, work_offset = 0, block_work_bytes = 0, scratch_bytes = 0;
 
   TFINVCONV_HD int64_t tiles_per_image() const { return tiles_h * tiles_w; }
+  TFINVCONV_HD int64_t prepared_elements(int64_t ksize, int64_t channels) const {
+    return ksize * ksize * channels * weight_row;
+  }
   TFINVCONV_HD bool tiled() const { return tiles_h * tiles_w > 1; }
 };
 
@@ -89,27 +113,36 @@ inline int64_t LayoutShared(const SolveShape& s, int64_t elem, int64_t th, int64
   p->block_work_bytes = tile_in_shared ? 0 : work;
   p->weights_offset = tile_in_shared ? work : 0;
   p->slot_offset =
-      RoundUp(p->weights_offset + (weights_in_shared ? s.ksize * s.ksize * c * c * elem : 0), 16);
+      RoundUp(p->weights_offset +
+                  (weights_in_shared ? p->prepared_elements(s.ksize, c) * elem : 0), 16);
   return p->slot_offset + 16;
 }
 
 inline bool TryTile(const SolveShape& s, int64_t elem, const GpuLimits& lim, int64_t th,
-                    int64_t tw, bool tile_in_shared, GpuSolvePlan* p) {
-  const int64_t weight_bytes = s.ksize * s.ksize * s.channels * s.channels * elem;
-  // Weights go to shared memory when they take at most a quarter of it (else L1/L2 serve them).
-  for (bool in_shared : {tile_in_shared && weight_bytes * 4 <= lim.max_shared_per_block, false}) {
-    GpuSolvePlan q = *p;
-    const int64_t bytes = LayoutShared(s, elem, th, tw, in_shared, tile_in_shared, &q);
-    if (bytes <= lim.max_shared_per_block) {
-      q.weights_in_shared = in_shared;
-      q.tile_in_shared = tile_in_shared;
-      q.shared_bytes = bytes;
-      q.tile_h = th;
-      q.tile_w = tw;
-      *p = q;
+                    int64_t tw, bool tile_in_shared, bool weights_in_shared, GpuSolvePlan* p) {
+  GpuSolvePlan q = *p;
+  const int64_t bytes = LayoutShared(s, elem, th, tw, weights_in_shared, tile_in_shared, &q);
+  if (bytes > lim.max_shared_per_block) return false;
+  q.weights_in_shared = weights_in_shared;
+  q.tile_in_shared = tile_in_shared;
+  q.shared_bytes = bytes;
+  q.tile_h = th;
+  q.tile_w = tw;
+  *p = q;
+  return true;
+}
+
+// The whole image when it fits in shared memory, else the largest square tile that does (at
+// least k-1 wide). Tiling never shortens the critical path (H+W-1 diagonals at best; more with
+// several tiles, which wait for whole neighbour tiles), it only makes big images fit, so the
+// biggest tile wins.
+inline bool LargestTile(const SolveShape& s, int64_t elem, const GpuLimits& lim,
+                        bool weights_in_shared, GpuSolvePlan* p) {
+  const int64_t min_side = std::max<int64_t>(s.ksize - 1, 1);
+  for (int64_t side = std::max({s.height, s.width, min_side}); side >= min_side; --side)
+    if (TryTile(s, elem, lim, std::min(side, s.height), std::min(side, s.width),
+                /*tile_in_shared=*/true, weights_in_shared, p))
       return true;
-    }
-  }
   return false;
 }
 
@@ -121,20 +154,35 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
   GpuSolvePlan p;
   const int64_t c = s.channels, k = s.ksize;
   p.halo = k - 1;
-  // The whole image when it fits, else the largest square tile that does (at least k-1 wide).
-  // Tiling never shortens the critical path (H+W-1 diagonals at best), it only makes big images
-  // fit, so the biggest tile wins.
-  const int64_t min_side = std::max<int64_t>(k - 1, 1);
-  bool found = false;
-  for (int64_t side = std::max({s.height, s.width, min_side}); !found && side >= min_side; --side)
-    found = plan_detail::TryTile(s, elem, lim, std::min(side, s.height), std::min(side, s.width),
-                                 /*tile_in_shared=*/true, &p);
+  p.weight_row = PreparedWeightRow(c, elem);
+  const int64_t vectors = c * elem % 16 ? 0 : c * elem / 16;
+  // Weights in shared memory when they take at most half of it and that does not turn a whole
+  // image into tiles: the unrolled kernels need them there (on an H200, 64x8x8x48 k=3 took 178 us
+  // with the weights read through L1 by the generic loops and 154 us from shared memory with
+  // unrolled loops; 100x16x16x12 k=11 813 and 317 us), and a smaller tile costs little.
+  const auto whole_image = [&](const GpuSolvePlan& q) {
+    return q.tile_h == s.height && q.tile_w == s.width;
+  };
+  GpuSolvePlan global_weights = p;
+  const bool fits_global = plan_detail::LargestTile(s, elem, lim, false, &global_weights);
+  const int64_t weight_bytes = p.prepared_elements(k, c) * elem;
+  bool found = weight_bytes * 2 <= lim.max_shared_per_block &&
+               plan_detail::LargestTile(s, elem, lim, true, &p) &&
+               (whole_image(p) || !fits_global || !whole_image(global_weights));
+  if (!found && fits_global) {
+    p = global_weights;
+    found = true;
+  }
   if (!found)  // the fallback: whole images, their buffers in global memory
-    found = plan_detail::TryTile(s, elem, lim, s.height, s.width, /*tile_in_shared=*/false, &p);
+    found = plan_detail::TryTile(s, elem, lim, s.height, s.width, /*tile_in_shared=*/false,
+                                 /*weights_in_shared=*/false, &p);
   // Weight and buffer indices are int in the kernel.
   const int64_t buffer = (p.tile_h + p.halo) * (p.tile_w + p.halo) * c;
-  if (!found || k * k * c * c >= (int64_t{1} << 31) || buffer >= (int64_t{1} << 31)) return p;
+  if (!found || p.prepared_elements(k, c) >= (int64_t{1} << 31) || buffer >= (int64_t{1} << 31))
+    return p;
   p.feasible = true;
+  if (p.tile_in_shared && p.weights_in_shared && UnrolledVectorCounts::Contains(vectors))
+    p.unrolled_vectors = static_cast<int>(vectors);
   p.tile_h = std::max<int64_t>(p.tile_h, 1);
   p.tile_w = std::max<int64_t>(p.tile_w, 1);
   p.tiles_h = (s.height + p.tile_h - 1) / p.tile_h;
@@ -156,7 +204,7 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
   p.centre_offset = 0;
   p.inverse_offset = c * c * 8;
   p.prepared_offset = 2 * c * c * 8;
-  p.flags_offset = RoundUp(p.prepared_offset + k * k * c * c * elem, 16);
+  p.flags_offset = RoundUp(p.prepared_offset + p.prepared_elements(k, c) * elem, 16);
   p.counter_offset = p.flags_offset + (p.tiled() ? tiles : 0) * 4;
   p.work_offset = RoundUp(p.counter_offset + 4, 16);
   p.scratch_bytes = p.work_offset + p.grid * p.block_work_bytes;

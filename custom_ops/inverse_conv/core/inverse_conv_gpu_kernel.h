@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 
 #include "inverse_conv.h"
@@ -35,6 +36,14 @@
 #endif
 #ifndef TFINVCONV_WHILE_SPINNING
 #define TFINVCONV_WHILE_SPINNING()
+#endif
+#if defined(__CUDACC__)
+#define TFINVCONV_UNROLL _Pragma("unroll")
+#else
+#define TFINVCONV_UNROLL
+#endif
+#ifndef TFINVCONV_CHECK_ALIGNED16
+#define TFINVCONV_CHECK_ALIGNED16(pointer)
 #endif
 
 namespace tfinvconv {
@@ -104,6 +113,17 @@ struct GlobalReader {
     return data[i];
 #endif
   }
+  TFINVCONV_HD Vec16<T> load16(int64_t i) const {
+    TFINVCONV_CHECK_ALIGNED16(data + i);
+    Vec16<T> q;
+#if defined(__CUDA_ARCH__)
+    const float4 raw = __ldg(reinterpret_cast<const float4*>(data + i));
+    memcpy(&q, &raw, 16);
+#else
+    memcpy(&q, data + i, 16);
+#endif
+    return q;
+  }
 };
 
 // ---- Arguments (passed to the kernels by value).
@@ -111,12 +131,14 @@ struct GlobalReader {
 template <typename T>
 struct PrepareArgs {
   int64_t channels = 0, ksize = 0;
+  int64_t row = 0;            // GpuSolvePlan::weight_row
   bool adjoint = false;
   const T* kernel = nullptr;  // [k][k][C][C], HWIO as the user gave it
   double* centre = nullptr;   // [C][C]: masked same-pixel block M (adjoint: transposed)
   double* inverse = nullptr;  // [C][C]: M^{-1}, built column by column
-  T* prepared = nullptr;      // [k*k][C in][C out]: K (adjoint: channel axes swapped), centre
-                              // tap replaced by M^{-1}
+  T* prepared = nullptr;      // [k*k][C out][row]: K transposed per tap (adjoint: not), so an
+                              // output channel's weights are contiguous; the centre tap holds
+                              // M^{-1} transposed; the row's padding is never read
 };
 
 template <typename T>
@@ -142,7 +164,7 @@ TFINVCONV_HD void PrepareWeights(int t, int threads, const PrepareArgs<T>& a) {
     const int64_t o = e % c, i = (e / c) % c, tap = e / (c * c);
     const T v = a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e];
     if (tap != centre_tap) {
-      a.prepared[e] = v;
+      a.prepared[(tap * c + o) * a.row + i] = v;
     } else {  // y = x @ M with M[i][o] kept for i <= o (adjoint: i >= o)
       const bool kept = a.adjoint ? i >= o : i <= o;
       a.centre[i * c + o] = kept ? static_cast<double>(v) : 0.0;
@@ -154,7 +176,7 @@ TFINVCONV_HD void PrepareWeights(int t, int threads, const PrepareArgs<T>& a) {
 // A zero or NaN on M's diagonal poisons the column with NaN (no host round trip to report it).
 template <typename T>
 TFINVCONV_HD void InvertCentreColumns(int t, int threads, const PrepareArgs<T>& a) {
-  const int64_t c = a.channels, base = (a.ksize * a.ksize - 1) * c * c;
+  const int64_t c = a.channels, base = (a.ksize * a.ksize - 1) * c * a.row;
   bool singular = false;
   for (int64_t i = 0; i < c; ++i) singular |= !(std::fabs(a.centre[i * c + i]) > 0.0);
   for (int64_t o = t; o < c; o += threads) {
@@ -168,7 +190,7 @@ TFINVCONV_HD void InvertCentreColumns(int t, int threads, const PrepareArgs<T>& 
     }
     for (int64_t i = 0; i < c; ++i) {
       const T value = static_cast<T>(a.inverse[i * c + o]);
-      a.prepared[base + i * c + o] = singular ? static_cast<T>(NAN) : value;
+      a.prepared[base + o * a.row + i] = singular ? static_cast<T>(NAN) : value;
     }
   }
 }
@@ -237,8 +259,10 @@ TFINVCONV_HD void WaitForNeighbours(const SolveArgs<T>& a, const TileCoords& tc)
   if (tc.row > 0 && tc.col > 0) WaitForFlag(a.flags + tc.flag - w - 1);
 }
 
-// Stretch: the halo (k-1 rows above, k-1 columns left; zeros outside the image) into the tile
-// buffer, and the prepared weights into shared memory when the plan puts them there.
+// Stretch: the tile buffer filled in one coalesced sweep: the halo (k-1 rows above, k-1 columns
+// left) with the neighbours' solution, the tile itself with rhs (each pixel is overwritten by its
+// solution on its diagonal; reading rhs here keeps global-memory latency off the diagonal loop),
+// zeros outside the image. The prepared weights into shared memory when the plan puts them there.
 template <typename T, class Buffer, class Weights>
 TFINVCONV_HD void StageTile(int t, const SolveArgs<T>& a, const TileCoords& tc, Buffer buffer,
                             bool weights_in_shared, Weights shared_weights) {
@@ -247,15 +271,17 @@ TFINVCONV_HD void StageTile(int t, const SolveArgs<T>& a, const TileCoords& tc, 
   const int64_t n = (p.tile_h + halo) * bw * c;
   for (int64_t e = t; e < n; e += p.threads) {
     const int64_t ch = e % c, pixel = e / c, r = pixel / bw, col = pixel % bw;
-    if (r >= halo && col >= halo) continue;  // the tile itself: solved, not loaded
     const int64_t h = tc.h0 + r - halo, w = tc.w0 + col - halo;
+    const bool own = r >= halo && col >= halo;
     T v = T(0);
-    if (h >= 0 && w >= 0 && h < a.height && w < a.width)
-      v = LoadPublished(a.out + PixelOffset(a, tc, h, w) + ch);
+    if (h >= 0 && w >= 0 && h < a.height && w < a.width) {
+      const int64_t offset = PixelOffset(a, tc, h, w) + ch;
+      v = own ? a.rhs[offset] : LoadPublished(a.out + offset);
+    }
     buffer.store(e, v);
   }
   if (!weights_in_shared) return;
-  const int64_t weights = a.ksize * a.ksize * c * c;
+  const int64_t weights = p.prepared_elements(a.ksize, c);
   for (int64_t e = t; e < weights; e += p.threads) shared_weights.store(e, a.prepared[e]);
 }
 
@@ -271,62 +297,80 @@ TFINVCONV_HD inline DiagonalRange TileDiagonal(const TileCoords& tc, int64_t d) 
   return r;
 }
 
-// sum_i x[x0 + i] * w[w0 + i * w_stride] over i < n. The x side (a pixel's channels, one value
-// shared by the threads of a pixel) is read 16 bytes at a time when n is a multiple of the
-// vector size, which keeps x0 16-byte aligned: fewer shared-memory instructions per multiply-add,
-// and one partial sum per vector lane, so consecutive multiply-adds do not wait on each other.
-template <typename T, class Xs, class Ws>
-TFINVCONV_HD T Dot(const Xs& x, int x0, const Ws& w, int w0, int w_stride, int n) {
-  constexpr int kSize = Vec16<T>::kSize;
+// Partial sums of a dot product, one per vector lane, so consecutive multiply-adds do not wait on
+// each other; summed once at the end of all taps.
+template <typename T>
+struct PartialSums {
+  static constexpr int kSize = Vec16<T>::kSize;
   T part[kSize] = {};
-  int i = 0;
-  if (n % kSize == 0) {
-    for (; i < n; i += kSize) {
-      const Vec16<T> q = x.load16(x0 + i);
-      for (int r = 0; r < kSize; ++r, w0 += w_stride) part[r] += q.v[r] * w.load(w0);
-    }
+  TFINVCONV_HD T total() const {
+    T sum = part[0];
+    for (int r = 1; r < kSize; ++r) sum += part[r];
+    return sum;
   }
-  for (; i < n; ++i, w0 += w_stride) part[0] += x.load(x0 + i) * w.load(w0);
-  T sum = part[0];
-  for (int r = 1; r < kSize; ++r) sum += part[r];
-  return sum;
+};
+
+// sums += x[x0 + i] * w[w0 + i] over i < n: a pixel's channels (shared by the threads of the
+// pixel) against one output channel's weight row. Both are read 16 bytes at a time when n is a
+// multiple of the vector size (x0 and w0 are then 16-byte aligned): two vector loads per 4 float
+// multiply-adds. kVectors > 0: n is kVectors vectors, known at compile time (no loop overhead).
+template <int kVectors, typename T, class Xs, class Ws>
+TFINVCONV_HD void AddProducts(PartialSums<T>& sums, const Xs& x, int x0, const Ws& w, int w0,
+                              int n) {
+  constexpr int kSize = Vec16<T>::kSize;
+  const int vectors = kVectors > 0 ? kVectors : (n % kSize ? 0 : n / kSize);
+  TFINVCONV_UNROLL
+  for (int v = 0; v < vectors; ++v) {
+    const Vec16<T> q = x.load16(x0 + v * kSize), u = w.load16(w0 + v * kSize);
+    for (int r = 0; r < kSize; ++r) sums.part[r] += q.v[r] * u.v[r];
+  }
+  if constexpr (kVectors == 0) {  // else n is exactly kVectors vectors
+    for (int i = vectors * kSize; i < n; ++i) sums.part[0] += x.load(x0 + i) * w.load(w0 + i);
+  }
 }
 
 // Stretch: acc[j][o] = rhs - every off-centre tap, for pixel j of diagonal d, channel o.
-template <typename T, class Buffer, class Acc, class Weights>
+template <int kVectors, typename T, class Buffer, class Acc, class Weights>
 TFINVCONV_HD void AccumulateDiagonal(int t, const SolveArgs<T>& a, const TileCoords& tc,
                                      int64_t d, Buffer buffer, Acc acc, Weights weights) {
   const int64_t c = a.channels, k = a.ksize, bw = a.plan.buffer_w;
   const DiagonalRange range = TileDiagonal(tc, d);
   // Shared-memory and weight indices fit in int (the plan checks), which keeps registers low.
   const int ci = static_cast<int>(c), ki = static_cast<int>(k), bwi = static_cast<int>(bw);
+  const int row = static_cast<int>(a.plan.weight_row);
   for (int64_t e = t; e < range.count * c; e += a.plan.threads) {
     const int64_t o = e % c, j = e / c, r = range.first + j, col = d - r;
-    T sum = a.rhs[PixelOffset(a, tc, tc.h0 + r, tc.w0 + col) + o];
-    // Tap (p, q) reads frame pixel (r + p - (k-1), col + q - (k-1)) = buffer pixel (r+p, col+q).
+    // Tap (p, q) reads frame pixel (r + p - (k-1), col + q - (k-1)) = buffer pixel (r+p, col+q);
+    // the centre tap's buffer pixel still holds rhs.
+    const T own_rhs = buffer.load(
+        ((static_cast<int>(r) + ki - 1) * bwi + static_cast<int>(col) + ki - 1) * ci +
+        static_cast<int>(o));
+    PartialSums<T> taps_sum;
     for (int p = 0; p < ki; ++p) {
       const int taps = p == ki - 1 ? ki - 1 : ki;  // the centre tap is applied in FinishDiagonal
       for (int q = 0; q < taps; ++q) {
         const int src = ((static_cast<int>(r) + p) * bwi + static_cast<int>(col) + q) * ci;
-        const int wt = (p * ki + q) * ci * ci + static_cast<int>(o);
-        sum -= Dot<T>(buffer, src, weights, wt, ci, ci);
+        const int wt = ((p * ki + q) * ci + static_cast<int>(o)) * row;
+        AddProducts<kVectors>(taps_sum, buffer, src, weights, wt, ci);
       }
     }
-    acc.store(e, sum);
+    acc.store(e, own_rhs - taps_sum.total());
   }
 }
 
 // Stretch: x[j][o] = sum_i acc[j][i] * M^{-1}[i][o], into the tile buffer and `out`.
-template <typename T, class Buffer, class Acc, class Weights>
+template <int kVectors, typename T, class Buffer, class Acc, class Weights>
 TFINVCONV_HD void FinishDiagonal(int t, const SolveArgs<T>& a, const TileCoords& tc, int64_t d,
                                  Buffer buffer, Acc acc, Weights weights) {
   const int64_t c = a.channels, k = a.ksize, halo = a.plan.halo, bw = a.plan.buffer_w;
-  const int64_t centre = (k * k - 1) * c * c;
+  const int64_t row = a.plan.weight_row, centre = (k * k - 1) * c * row;
   const DiagonalRange range = TileDiagonal(tc, d);
   for (int64_t e = t; e < range.count * c; e += a.plan.threads) {
     const int64_t o = e % c, j = e / c, r = range.first + j, col = d - r;
-    const T x = Dot<T>(acc, static_cast<int>(j * c), weights, static_cast<int>(centre + o),
-                       static_cast<int>(c), static_cast<int>(c));
+    PartialSums<T> sums;
+    AddProducts<kVectors>(sums, acc, static_cast<int>(j * c), weights,
+                          static_cast<int>(centre + o * row), static_cast<int>(c));
+    const T x = sums.total();
     buffer.store(((r + halo) * bw + col + halo) * c + o, x);
     a.out[PixelOffset(a, tc, tc.h0 + r, tc.w0 + col) + o] = x;
   }
@@ -360,17 +404,28 @@ struct WorkArray<false> {
   }
 };
 
-// Calls f.template Run<kWeightsInShared, kTileInShared>() for the placement the plan chose (a
-// tile in global memory never has its weights in shared memory).
+// f.template Run<true, true, v>() for v = p.unrolled_vectors when the list holds it, else v = 0.
+template <class F>
+auto WithUnrolled(const GpuSolvePlan&, const F& f, VectorCounts<>) {
+  return f.template Run<true, true, 0>();
+}
+template <class F, int kFirst, int... kRest>
+auto WithUnrolled(const GpuSolvePlan& p, const F& f, VectorCounts<kFirst, kRest...>) {
+  if (p.unrolled_vectors == kFirst) return f.template Run<true, true, kFirst>();
+  return WithUnrolled(p, f, VectorCounts<kRest...>{});
+}
+
+// Calls f.template Run<kWeightsInShared, kTileInShared, kVectors>() for the placement and the
+// unrolling the plan chose (a tile in global memory never has its weights in shared memory).
 template <class F>
 auto WithPlacement(const GpuSolvePlan& p, const F& f) {
-  if (!p.tile_in_shared) return f.template Run<false, false>();
-  if (p.weights_in_shared) return f.template Run<true, true>();
-  return f.template Run<false, true>();
+  if (!p.tile_in_shared) return f.template Run<false, false, 0>();
+  if (!p.weights_in_shared) return f.template Run<false, true, 0>();
+  return WithUnrolled(p, f, UnrolledVectorCounts{});
 }
 
 // One block: the whole image (blockIdx = image), or persistent over tiles (tiled plans).
-template <bool kWeightsInShared, bool kTileInShared, class Block, typename T>
+template <bool kWeightsInShared, bool kTileInShared, int kVectors, class Block, typename T>
 TFINVCONV_HD void SolveProgram(Block& block, const SolveArgs<T>& a) {
   const GpuSolvePlan& p = a.plan;
   const int64_t c = a.channels, k = a.ksize;
@@ -379,7 +434,7 @@ TFINVCONV_HD void SolveProgram(Block& block, const SolveArgs<T>& a) {
   auto acc = WorkArray<kTileInShared>::template Get<T>(
       block, p.acc_offset, (p.tile_h < p.tile_w ? p.tile_h : p.tile_w) * c);
   auto shared_weights =
-      block.template shared<T>(p.weights_offset, kWeightsInShared ? k * k * c * c : 0);
+      block.template shared<T>(p.weights_offset, kWeightsInShared ? p.prepared_elements(k, c) : 0);
   auto slot = block.template shared<int>(p.slot_offset, 1);
   const auto weights =
       PickWeights<kWeightsInShared>::From(shared_weights, GlobalReader<T>{a.prepared});
@@ -400,9 +455,9 @@ TFINVCONV_HD void SolveProgram(Block& block, const SolveArgs<T>& a) {
     block.run([=](int t) { StageTile(t, a, tc, buffer, kWeightsInShared, shared_weights); });
     block.barrier();
     for (int64_t d = 0; d < tc.rows + tc.cols - 1; ++d) {
-      block.run([=](int t) { AccumulateDiagonal(t, a, tc, d, buffer, acc, weights); });
+      block.run([=](int t) { AccumulateDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });
       block.barrier();
-      block.run([=](int t) { FinishDiagonal(t, a, tc, d, buffer, acc, weights); });
+      block.run([=](int t) { FinishDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });
       block.barrier();
     }
     if (!p.tiled()) return;
@@ -424,6 +479,7 @@ LaunchArgs<T> MakeLaunchArgs(const SolveShape& s, const GpuSolvePlan& plan, cons
   LaunchArgs<T> l;
   l.prepare.channels = s.channels;
   l.prepare.ksize = s.ksize;
+  l.prepare.row = plan.weight_row;
   l.prepare.adjoint = adjoint;
   l.prepare.kernel = kernel;
   l.prepare.centre = reinterpret_cast<double*>(bytes + plan.centre_offset);

@@ -24,7 +24,8 @@ extern "C" {
 // The plan for this device: returns 0 and fills the fields, or a CUDA error / -1 (infeasible).
 int tfinvconv_gpu_plan(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
                        int64_t* scratch_bytes, int64_t* shared_bytes, int64_t* tile_h,
-                       int64_t* tile_w, int* threads, int* weights_in_shared) {
+                       int64_t* tile_w, int* threads, int* weights_in_shared,
+                       int* unrolled_vectors) {
   tfinvconv::GpuLimits limits;
   const int err = tfinvconv::QueryGpuLimits(&limits);
   if (err) return err;
@@ -36,18 +37,22 @@ int tfinvconv_gpu_plan(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int
   *tile_w = p.tile_w;
   *threads = p.threads;
   *weights_in_shared = p.weights_in_shared;
+  *unrolled_vectors = p.unrolled_vectors;
   return 0;
 }
 
-// CausalSolveGpu on device pointers; elem 4 = float32, 8 = float64. Returns a cudaError_t.
+// CausalSolveGpu on device pointers; elem 4 = float32, 8 = float64. generic != 0 runs the
+// generic channel loops even where the plan has an unrolled kernel (to compare the two). Returns
+// a cudaError_t.
 int tfinvconv_gpu_solve(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
                         const void* rhs, const void* kernel, int corner, int adjoint, void* out,
-                        void* scratch, void* stream) {
+                        void* scratch, void* stream, int generic) {
   tfinvconv::GpuLimits limits;
   const int err = tfinvconv::QueryGpuLimits(&limits);
   if (err) return err;
   const tfinvconv::SolveShape s = Shape(b, h, w, c, k);
-  const tfinvconv::GpuSolvePlan p = tfinvconv::PlanGpuSolve(s, elem, limits);
+  tfinvconv::GpuSolvePlan p = tfinvconv::PlanGpuSolve(s, elem, limits);
+  if (generic) p.unrolled_vectors = 0;
   const auto cr = static_cast<tfinvconv::Corner>(corner);
   if (elem == 4)
     return tfinvconv::CausalSolveGpu(s, p, static_cast<const float*>(rhs),

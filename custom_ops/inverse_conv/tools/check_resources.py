@@ -30,6 +30,11 @@ def plan_constant(name):
   return int(re.search(rf"constexpr int {name} = (\d+);", text).group(1))
 
 
+def unrolled_vector_counts():
+  text = open(PLAN_HEADER).read()
+  return re.search(r"using UnrolledVectorCounts = VectorCounts<([\d, ]+)>;", text).group(1).split(",")
+
+
 def parse(log):
   """{(kernel, sm): {registers, spill_stores, spill_loads, stack, smem}} from ptxas output."""
   kernels, current = {}, None
@@ -58,13 +63,14 @@ def parse(log):
 
 def kernel_label(mangled):
   """SolveKernel<float, weights in shared> from the mangled name."""
-  m = re.search(r"(SolveKernel|PrepareKernel)I([fd])(?:Lb([01])ELb([01]))?", mangled)
+  m = re.search(r"(SolveKernel|PrepareKernel)I([fd])(?:Lb([01])ELb([01])ELi(\d+)E)?", mangled)
   if not m:
     return mangled[:40]
   label = m.group(1) + "<" + {"f": "float", "d": "double"}[m.group(2)]
   if m.group(3) is not None:
     label += ", weights " + ("shared" if m.group(3) == "1" else "global")
     label += ", tile " + ("shared" if m.group(4) == "1" else "global")
+    label += f", {m.group(5)} vectors" if m.group(5) != "0" else ", generic"
   return label + ">"
 
 
@@ -100,13 +106,14 @@ def main(nvcc="nvcc"):
         return 1
       kernels.update(parse(out.stdout + out.stderr))
   solve_kernels = [key for key in kernels if "SolveKernel" in key[0]]
-  # {float, double} x 3 placements (WithPlacement in inverse_conv_gpu_kernel.h).
-  if len(solve_kernels) != 6 * len(ARCHS):
-    print(f"expected {6 * len(ARCHS)} solve kernels in the resource report, found "
-          f"{len(solve_kernels)}")
+  # {float, double} x (3 placements + the unrolled ones): WithPlacement in
+  # inverse_conv_gpu_kernel.h.
+  expected = 2 * (3 + len(unrolled_vector_counts())) * len(ARCHS)
+  if len(solve_kernels) != expected:
+    print(f"expected {expected} solve kernels in the resource report, found {len(solve_kernels)}")
     return 1
   for (name, sm), r in sorted(kernels.items()):
-    print(f"  sm_{sm} {kernel_label(name):40s} {r['registers']:3d} registers, spills {r['spill_stores']}/"
+    print(f"  sm_{sm} {kernel_label(name):52s} {r['registers']:3d} registers, spills {r['spill_stores']}/"
           f"{r['spill_loads']} B, stack {r['stack']} B, static smem {r['smem']} B")
   found = problems(kernels, plan_constant("kMaxSolveThreads"), plan_constant("kPrepareThreads"))
   for p in found:
