@@ -44,8 +44,8 @@ train: setup
 demo: setup
 	$(PY) examples/invert_layer.py
 
-# Horovod 0.28.1 (its last release) for this TensorFlow, CPU/Gloo build (../shared/notes/
-# horovod.md): unpatched it only builds against TF <= 2.18; its XLA file includes headers TF
+# Horovod 0.28.1 (its last release) for this TensorFlow, CPU/Gloo build (docs/multi_gpu.md):
+# unpatched it only builds against TF <= 2.18; its XLA file includes headers TF
 # 2.21 no longer ships, and everything in that file past the includes is GPU-only, so the
 # file's guard is extended to require HAVE_GPU. The wheel is cached in build/wheels.
 horovod: $(HOROVOD)

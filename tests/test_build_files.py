@@ -36,3 +36,21 @@ def test_every_source_on_disk_is_built():
       if name.endswith(".cc"):
         on_disk.add(f"{folder}/{name}")
   assert on_disk == _setup_sources()
+
+
+def test_docs_live_in_the_repository():
+  """Code and docs point into docs/, never to files outside the repository (../shared)."""
+  outside = []
+  for folder in ("tfinvconv", "train", "custom_ops", "benchmarks", "docs"):
+    for base, _, names in os.walk(os.path.join(ROOT, folder)):
+      for name in names:
+        if name.endswith((".py", ".h", ".cc", ".cu", ".md")):
+          path = os.path.join(base, name)
+          if "../shared" in open(path, encoding="utf-8").read():
+            outside.append(os.path.relpath(path, ROOT))
+  for name in ("README.md", "Makefile", "setup.py"):
+    if "../shared" in open(os.path.join(ROOT, name), encoding="utf-8").read():
+      outside.append(name)
+  assert not outside, f"references to ../shared: {outside}"
+  for linked in re.findall(r"\]\((docs/[^)]+)\)", open(os.path.join(ROOT, "README.md")).read()):
+    assert os.path.exists(os.path.join(ROOT, linked)), linked

@@ -16,7 +16,7 @@ TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 class AverageMetrics(tf_keras.callbacks.Callback):
   """Replaces each epoch's logs by their average over workers (first in the list, so every
   later callback sees global numbers). Horovod's own MetricAverageCallback imports Keras 3 and
-  fails on TF >= 2.16 (../shared/notes/horovod.md)."""
+  fails on TF >= 2.16 (docs/multi_gpu.md)."""
 
   def __init__(self, engine):
     super().__init__()
@@ -40,6 +40,13 @@ class SignalFlag:
     for signum in (signal.SIGTERM, signal.SIGINT):
       self._previous[signum] = signal.signal(signum, self._record)
     return self
+
+  def reclaim(self):
+    """Takes SIGTERM/SIGINT back after a library installed its own handler: creating a
+    MultiWorkerMirroredStrategy installs TensorFlow's preemption notifier, which swallows SIGTERM
+    (the worker would neither stop nor save; seen with TF 2.21)."""
+    for signum in self._previous:
+      signal.signal(signum, self._record)
 
   def _record(self, signum, frame):  # pylint: disable=unused-argument
     if self.signum is not None:

@@ -2,10 +2,17 @@
 
 Everything yields uint8 images [H, W, C]; the model dequantises them itself. Nothing here ever
 downloads: a dataset that is not on disk gets a message saying how to get it.
+
+A split is an `ImageSource`: cheap undecoded records (file paths, encoded image bytes, or small
+in-memory images) plus the function that decodes one. The training pipeline shuffles and skips
+records and decodes only what it batches, so a resumed run passes over the data it already
+consumed without decoding any of it.
 """
 
+import dataclasses
 import glob
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -47,6 +54,24 @@ _TEST_SPLIT = {"downsampled_imagenet/32x32": "validation",
                "downsampled_imagenet/64x64": "validation", "celeb_a_hq/256": "train"}
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+  """A split: `records` (tf.data.Dataset of undecoded elements) and `decode` (one record ->
+  uint8 image [image_size, image_size, C])."""
+  records: tf.data.Dataset
+  decode: Callable[[tf.Tensor], tf.Tensor]
+
+  def images(self):
+    """The decoded images, in order."""
+    return self.records.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def count(self):
+    count = self.records.cardinality().numpy()
+    if count < 0:  # unknown (e.g. TFDS under some mocks): count the records, no decoding
+      count = self.records.reduce(0, lambda n, _: n + 1).numpy()
+    return int(count)
+
+
 def _tfds_split(name, split, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
@@ -57,12 +82,19 @@ def _tfds_split(name, split, data_dir):
   elif not available and split == "test":
     split = _TEST_SPLIT.get(name, split)
   # Asking for the data (not builder.is_prepared()) is what tfds.testing.mock_data intercepts.
+  # The images stay encoded (PNG/JPEG bytes) until the pipeline decodes the ones it uses.
   try:
-    dataset = builder.as_dataset(split=split)
+    dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
   except AssertionError as error:  # TFDS's way of saying the files are not there
     how = _HOW_TO_GET.get(name, _DEFAULT_HOW_TO_GET).format(name=name, data_dir=data_dir)
     raise MissingDatasetError(f"dataset {name!r} is not prepared in {data_dir}; {how}") from error
   return dataset.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _decode_image(encoded, channels):
+  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+  image.set_shape([None, None, channels])
+  return image
 
 
 def _to_uint8(image, image_size):
@@ -92,17 +124,12 @@ def folder_files(root, split):
 
 
 def _folder_split(root, split, image_size, channels):
-  files = folder_files(root, split)
-
   def load(path):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                               expand_animations=False)
-    image.set_shape([None, None, channels])
+    image = _decode_image(tf.io.read_file(path), channels)
     size = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])  # centre square crop
     return _to_uint8(tf.image.resize_with_crop_or_pad(image, size, size), image_size)
 
-  return tf.data.Dataset.from_tensor_slices(files).map(load,
-                                                       num_parallel_calls=tf.data.AUTOTUNE)
+  return ImageSource(tf.data.Dataset.from_tensor_slices(folder_files(root, split)), load)
 
 
 def _folder_root(dataset):
@@ -124,41 +151,47 @@ def check_dataset_name(dataset):
 
 
 def load_split(dataset, split, image_size, channels=3, data_dir=None):
-  """A dataset of uint8 images [image_size, image_size, C] for split "train" or "test".
+  """The ImageSource of uint8 images [image_size, image_size, C] for split "train" or "test".
 
   `dataset`: "digits", a TFDS name (cifar10, downsampled_imagenet/32x32, ...), or a folder of
   images (an existing path, or "folder:PATH").
   """
   if dataset == "digits":
     train, test = digits_images()
-    images = tf.data.Dataset.from_tensor_slices(train if split == "train" else test)
-    if image_size != train.shape[1]:  # e.g. --image-size 16 for three levels
-      images = images.map(lambda image: tf.image.resize(image, [image_size, image_size],
-                                                        method="nearest"))
-    return images
+    records = tf.data.Dataset.from_tensor_slices(train if split == "train" else test)
+    if image_size == train.shape[1]:
+      return ImageSource(records, tf.identity)
+    # e.g. --image-size 16 for three levels
+    return ImageSource(records, lambda image: tf.image.resize(image, [image_size, image_size],
+                                                              method="nearest"))
   root = _folder_root(dataset)
   if root is not None:
     check_dataset_name(dataset)
     return _folder_split(root, split, image_size, channels)
-  images = _tfds_split(dataset, split, data_dir)
-  return images.map(lambda image: _to_uint8(image, image_size))
+  return ImageSource(_tfds_split(dataset, split, data_dir),
+                     lambda encoded: _to_uint8(_decode_image(encoded, channels), image_size))
 
 
 def image_channels(dataset):
   return 1 if dataset == "digits" else 3
 
 
-def pipeline(images, batch_size, num_shards=1, shard_index=0, training=True, seed=0,
+def pipeline(source, batch_size, num_shards=1, shard_index=0, training=True, seed=0,
              skip_batches=0):
-  """Shard per worker, shuffle (seeded, so a resumed run sees the same order), batch, prefetch.
+  """Shard per worker, shuffle (seeded, so a resumed run sees the same order), decode, batch,
+  prefetch. Training data repeats forever, in full batches.
 
-  Training data repeats forever; `skip_batches` fast-forwards a resumed run to where it was.
+  `skip_batches` fast-forwards a resumed run to where it was: the consumed records are skipped
+  before decoding (batches never straddle a skip, since every training batch is full).
   """
+  records = source.records
   if num_shards > 1:
-    images = images.shard(num_shards, shard_index)
+    records = records.shard(num_shards, shard_index)
   if training:
-    images = images.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+    records = records.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+    records = records.skip(skip_batches * batch_size)
+  elif skip_batches:
+    raise ValueError("skip_batches is only for the (repeated) training stream")
+  images = records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
   images = images.batch(batch_size, drop_remainder=training)
-  if skip_batches:
-    images = images.skip(skip_batches)
   return images.prefetch(tf.data.AUTOTUNE)

@@ -98,13 +98,6 @@ class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
-def _count_examples(dataset):
-  count = dataset.cardinality().numpy()
-  if count < 0:  # unknown (e.g. a folder): count once
-    count = sum(1 for _ in dataset)
-  return int(count)
-
-
 # What a run writes into its folder; --overwrite removes exactly these.
 RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "ranks", "metrics.json")
 
@@ -137,6 +130,7 @@ def _claim_run_dir(run_dir, config):
 
 def _run(config, signals):
   engine = distributed.make_engine(config.strategy or None, config.cpu_replicas)
+  signals.reclaim()
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
   run_dir = config.folder()
   chief = engine.is_chief
@@ -155,8 +149,7 @@ def _run(config, signals):
                                 config.data_dir or None)
   num_shards, shard_index = engine.shard()
   global_batch = config.batch_size * engine.replicas
-  steps_per_epoch = config.steps_per_epoch or max(
-      1, _count_examples(train_images) // global_batch)
+  steps_per_epoch = config.steps_per_epoch or max(1, train_images.count() // global_batch)
   total_steps = config.epochs * steps_per_epoch
 
   with engine.scope():

@@ -40,9 +40,45 @@ def _assert_same_weights(ranks, reference):
                                                            rel=1e-9)
 
 
-def _with_epochs(args, epochs):
-  i = args.index("--epochs")
-  return args[:i + 1] + [str(epochs)] + args[i + 2:]
+def _wait_for_checkpoint(run_dir, processes, timeout=300):
+  start = time.time()
+  while time.time() - start < timeout:
+    if glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")):
+      return
+    assert all(p.poll() is None for p in processes), "a process ended before its first checkpoint"
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint appeared")
+
+
+def _sigterm_mid_epoch(processes, chief_line, signalled, timeout=300):
+  """Sends SIGTERM to one worker (`signalled`, a process or a callable giving it) as soon as the
+  chief (processes[0]) has printed `chief_line`, i.e. its model is built and every worker has its
+  signal handler: the stop then lands within the first of 8 steps of the epoch, well before its
+  end. Returns every process's whole output."""
+  head = []
+  for line in processes[0].stdout:
+    head.append(line)
+    if chief_line in line:
+      break
+  else:
+    raise AssertionError("the chief ended before training: " + "".join(head)[-3000:])
+  (signalled() if callable(signalled) else signalled).send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  return ["".join(head) + outputs[0]] + outputs[1:]
+
+
+def _stopped_mid_epoch(run_dir, steps_per_epoch=8):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  step = int(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")).rsplit("-", 1)[1])
+  return step % steps_per_epoch != 0
+
+
+def _rank_process(launcher, rank):
+  import psutil  # pylint: disable=g-import-not-at-top  # installed by `make horovod`
+  found = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+           if "train" in p.cmdline() and p.environ().get("HOROVOD_RANK") == str(rank)]
+  assert found, f"rank {rank} not found"
+  return found[-1]
 
 
 def test_horovodrun_two_processes_gloo(tmp_path):
@@ -52,11 +88,13 @@ def test_horovodrun_two_processes_gloo(tmp_path):
     pytest.fail("Horovod is not installed: run `make horovod` (the README's test command does)")
   horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
-  def horovod(run_dir, *extra, epochs=3):
-    result = subprocess.run(
-        [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m", "train",
-         *_with_epochs(TINY, epochs), "--run-dir", run_dir, *extra], cwd=ROOT,
-        capture_output=True, text=True, timeout=600)
+  def command(run_dir, *extra):
+    return [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
+            "train", *TINY, "--run-dir", run_dir, *extra]
+
+  def horovod(run_dir, *extra):
+    result = subprocess.run(command(run_dir, *extra), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     return result
 
@@ -66,9 +104,15 @@ def test_horovodrun_two_processes_gloo(tmp_path):
   reference = _ranks(run_dir, 2)
   _assert_identical_and_learning(reference)
   assert os.path.exists(os.path.join(run_dir, "metrics.json"))
-  # Stop after one epoch, resume to three: the same weights on every rank.
+  # SIGTERM to rank 1 mid-epoch: both ranks stop at one step, rank 0 checkpoints; --resume
+  # ends with the uninterrupted run's weights on every rank.
   resumed_dir = str(tmp_path / "hvd_resumed")
-  horovod(resumed_dir, epochs=1)
+  launcher = subprocess.Popen(command(resumed_dir), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  output = _sigterm_mid_epoch([launcher], "horovod: 2 worker(s)",
+                              lambda: _rank_process(launcher, 1))[0]
+  assert launcher.returncode != 0 and "checkpoint saved; continue with --resume" in output
+  assert _stopped_mid_epoch(resumed_dir), output[-3000:]
   result = horovod(resumed_dir, "--resume")
   assert "resumed from" in result.stdout
   _assert_same_weights(_ranks(resumed_dir, 2), reference)
@@ -115,21 +159,30 @@ def test_multiworker_mirrored_two_workers(tmp_path):
   for output in _workers(environments, args, returncode=2, timeout=300):
     assert "already holds checkpoints" in output
 
-  # Stop after one epoch, resume to three: the chief decides and broadcasts the checkpoint and
-  # its restored variables; both workers end with the uninterrupted run's weights.
+  # SIGTERM to worker 1 mid-epoch: both stop at one step (exit 143), the chief checkpoints and
+  # on --resume broadcasts the checkpoint and its restored variables; both workers end with the
+  # uninterrupted run's weights.
   resumed_dir = str(tmp_path / "mwms_resumed")
   resumed = [*TINY, "--batch-size", "16", "--run-dir", resumed_dir]
-  _workers(environments, _with_epochs(resumed, 1))
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "train", *resumed, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
+  outputs = _sigterm_mid_epoch(processes, "multiworker: 2 worker(s)", processes[1])
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert _stopped_mid_epoch(resumed_dir), outputs[0][-3000:]
   assert "resumed from" in _workers(environments, resumed + ["--resume"])[0]
   _assert_same_weights(_ranks(resumed_dir, 2), _ranks(run_dir, 2))
 
 
 def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
   """MirroredStrategy over two logical CPU devices: the all-reduce paths really run."""
-  def mirrored(run_dir, *extra, epochs=3):
-    result = subprocess.run([sys.executable, "-m", "train", *_with_epochs(TINY, epochs),
-                             "--strategy", "mirrored", "--cpu-replicas", "2", "--run-dir",
-                             run_dir, *extra], cwd=ROOT, capture_output=True, text=True,
+  def command(run_dir, *extra):
+    return [sys.executable, "-m", "train", *TINY, "--strategy", "mirrored", "--cpu-replicas",
+            "2", "--run-dir", run_dir, *extra]
+
+  def mirrored(run_dir, *extra):
+    result = subprocess.run(command(run_dir, *extra), cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -139,7 +192,11 @@ def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
   _assert_identical_and_learning(_ranks(run_dir, 1))
   assert os.path.exists(os.path.join(run_dir, "metrics.json"))
   resumed_dir = str(tmp_path / "mirrored_resumed")
-  mirrored(resumed_dir, epochs=1)
+  process = subprocess.Popen(command(resumed_dir), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  output = _sigterm_mid_epoch([process], "mirrored: 1 worker(s)", process)[0]
+  assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert _stopped_mid_epoch(resumed_dir), output[-3000:]
   assert "resumed from" in mirrored(resumed_dir, "--resume").stdout
   _assert_same_weights(_ranks(resumed_dir, 1), _ranks(run_dir, 1))
 
@@ -149,16 +206,6 @@ def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
 FAULT_RUN = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4", "--epochs", "8",
              "--steps-per-epoch", "8", "--checkpoint-every", "2"]
 STOP_WITHIN_SECONDS = 60
-
-
-def _wait_for_checkpoint(run_dir, processes, timeout=300):
-  start = time.time()
-  while time.time() - start < timeout:
-    if glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")):
-      return
-    assert all(p.poll() is None for p in processes), "a process ended before its first checkpoint"
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
 
 
 def _assert_ranks_agree(run_dir, count):
@@ -188,7 +235,7 @@ def test_multiworker_worker_killed_mid_run(tmp_path):
 
 
 def test_horovod_rank_killed_mid_run(tmp_path):
-  psutil = pytest.importorskip("psutil")  # installed by `make horovod`
+  pytest.importorskip("psutil")  # installed by `make horovod`
   horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
   run_dir = str(tmp_path / "hvd")
   command = lambda *extra: [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo",
@@ -197,10 +244,7 @@ def test_horovod_rank_killed_mid_run(tmp_path):
   launcher = subprocess.Popen(command(), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
   _wait_for_checkpoint(run_dir, [launcher])
-  rank1 = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-           if "train" in p.cmdline() and p.environ().get("HOROVOD_RANK") == "1"]
-  assert rank1, "rank 1 not found"
-  rank1[-1].kill()
+  _rank_process(launcher, 1).kill()
   start = time.time()
   output = launcher.communicate(timeout=STOP_WITHIN_SECONDS + 60)[0]
   assert time.time() - start < STOP_WITHIN_SECONDS

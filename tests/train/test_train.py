@@ -298,9 +298,29 @@ def test_tfds_images_are_resized_like_folder_images(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=4):
     raw = next(iter(tfds.load("cifar10", split="train", data_dir=str(tmp_path))))["image"]
-    resized = next(iter(data.load_split("cifar10", "train", 16, 3, str(tmp_path))))
+    resized = next(iter(data.load_split("cifar10", "train", 16, 3, str(tmp_path)).images()))
   want = np.clip(np.round(tf.image.resize(raw, [16, 16], method="area").numpy()), 0, 255)
   np.testing.assert_array_equal(resized.numpy(), want.astype(np.uint8))
+
+
+def test_resume_skips_consumed_records_without_decoding_them():
+  """A resumed run's input starts exactly where it stopped, and the batches it skips are never
+  decoded (an ImageNet run resumed late would otherwise spend hours re-decoding)."""
+  decoded = tf.Variable(0, dtype=tf.int64)
+
+  def decode(record):
+    decoded.assign_add(1)
+    return tf.fill([2, 2, 1], tf.cast(record % 251, tf.uint8))
+
+  source = data.ImageSource(tf.data.Dataset.range(700), decode)
+  straight = list(data.pipeline(source, 4, seed=3).take(502).as_numpy_iterator())
+  decoded.assign(0)
+  resumed = iter(data.pipeline(source, 4, seed=3, skip_batches=500))
+  np.testing.assert_array_equal(next(resumed).numpy(), straight[500])
+  np.testing.assert_array_equal(next(resumed).numpy(), straight[501])
+  assert decoded.numpy() < 500  # 2,000 records skipped; only the prefetched ones decoded
+  with pytest.raises(ValueError, match="training stream"):
+    data.pipeline(source, 4, training=False, skip_batches=1)
 
 
 def test_folder_split_holds_out_every_class(tmp_path):

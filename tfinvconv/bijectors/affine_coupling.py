@@ -24,7 +24,8 @@ class AffineCoupling(_image.ImageBijector):
   `additive=True` drops the scale (Glow's additive coupling, log-det 0).
 
   The network is built from tf_keras layers, so tf_keras models and `tf.train.Checkpoint`
-  track its weights (Keras 3 would not: see ../shared/notes/toolchain.md).
+  track its weights (Keras 3 does not track variables held inside a TFP bijector or tf.Module:
+  its `model.fit` would train nothing).
   """
 
   def __init__(self, num_channels, hidden_channels=512, additive=False, dtype=tf.float32,

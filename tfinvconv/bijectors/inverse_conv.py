@@ -28,7 +28,8 @@ class InverseConv(_image.ImageBijector):
   Even kernel sizes are fine (the taps point to one corner). The FInC layer (convolution in the
   data -> latent direction) is `tfp.bijectors.Invert(InverseConv(...))`.
 
-  Reference: Nagar & Varma, Inverse-Flow (../shared/papers/inverse-flow-slides.txt).
+  Reference: Nagar & Varma, "Inverse-Flow"; the math, the gradient rule and the corners are in
+  docs/math.md.
   """
 
   def __init__(self, num_channels, kernel_size=3, corner="top_left", learn_diagonal=False,

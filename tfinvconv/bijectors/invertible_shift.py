@@ -21,7 +21,7 @@ class InvertibleShift(_image.ImageBijector):
   condition) whatever the optimizer does. Initialised to the identity (log_scale = 0, t = 0).
 
   Reference: Truong et al., "Generalizing the invertible 1x1 convolution to an invertible
-  n x n convolution" (../shared/papers/robust-nxn-convolution.txt).
+  n x n convolution" (math: docs/math.md, section 5).
 
   >>> shift = InvertibleShift(num_channels=3)
   >>> y = shift.inverse(tf.ones([2, 4, 4, 3]))

@@ -1,6 +1,6 @@
 """The masked ("causal") k x k convolution and the pieces its inverse shares with it.
 
-Layout NHWC, kernel HWIO. For corner "top_left" (math in ../shared/notes/inverse-conv-math.md):
+Layout NHWC, kernel HWIO. For corner "top_left" (math in docs/math.md):
 
     y[b,h,w,o] = sum_{p,q<k} sum_i K[p,q,i,o] * x[b, h+p-k+1, w+q-k+1, i]   (zero outside)
 
