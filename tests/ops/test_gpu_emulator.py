@@ -74,7 +74,7 @@ MUTATIONS = {
                              "const bool own = r >= halo;"),
     "adjoint without the channel swap": (
         "a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e]", "a.kernel[e]"),
-    "centre inverse column order": ("a.inverse[m * c + o]", "a.inverse[o * c + m]"),
+    "centre inverse column order": ("inverse.load(m * c + o)", "inverse.load(o * c + m)"),
     "singular kernel not poisoned with NaN": (
         "singular ? static_cast<T>(NAN) : value", "value"),
 }

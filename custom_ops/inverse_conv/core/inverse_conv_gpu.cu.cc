@@ -45,8 +45,9 @@ struct DeviceBlock {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kPrepareThreads) PrepareKernel(gpu::PrepareArgs<T> args) {
-  DeviceBlock block{nullptr, nullptr};
+__global__ void __launch_bounds__(kPrepareThreads, 1) PrepareKernel(gpu::PrepareArgs<T> args) {
+  extern __shared__ __align__(16) unsigned char arena[];
+  DeviceBlock block{arena, nullptr};
   gpu::PrepareProgram(block, args);
 }
 
@@ -134,7 +135,7 @@ int CausalSolveGpu(const SolveShape& s, const GpuSolvePlan& plan, const T* rhs, 
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   const gpu::LaunchArgs<T> args =
       gpu::MakeLaunchArgs(s, plan, rhs, kernel, corner, adjoint, out, scratch);
-  PrepareKernel<T><<<1, kPrepareThreads, 0, cuda_stream>>>(args.prepare);
+  PrepareKernel<T><<<1, kPrepareThreads, plan.prepare_shared_bytes, cuda_stream>>>(args.prepare);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if (plan.tiled()) {  // tile flags and the tile counter start at zero

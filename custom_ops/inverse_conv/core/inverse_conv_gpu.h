@@ -86,6 +86,9 @@ struct GpuSolvePlan {
   // index broadcast slot (int).
   int64_t weights_offset = 0, slot_offset = 0;
   int64_t shared_bytes = 0;
+  // The prepare kernel's dynamic shared memory: its two C x C double matrices when they fit in
+  // the default 48 KB (C <= 55), else 0 (they stay in global scratch).
+  int64_t prepare_shared_bytes = 0;
   // Global scratch, byte offsets: centre block and its inverse in double (C*C each), prepared
   // weights (T, prepared_elements), tile done flags (int, batch*tiles), the tile counter (int),
   // and the blocks' work slices when the tile is not in shared memory (grid x block_work_bytes).
@@ -201,6 +204,7 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
   } else {
     p.grid = s.batch;
   }
+  p.prepare_shared_bytes = 2 * c * c * 8 <= kDefaultSharedLimit ? 2 * c * c * 8 : 0;
   p.centre_offset = 0;
   p.inverse_offset = c * c * 8;
   p.prepared_offset = 2 * c * c * 8;

@@ -133,9 +133,10 @@ struct PrepareArgs {
   int64_t channels = 0, ksize = 0;
   int64_t row = 0;            // GpuSolvePlan::weight_row
   bool adjoint = false;
+  bool matrices_in_shared = false;  // centre and inverse in the block's shared memory
   const T* kernel = nullptr;  // [k][k][C][C], HWIO as the user gave it
-  double* centre = nullptr;   // [C][C]: masked same-pixel block M (adjoint: transposed)
-  double* inverse = nullptr;  // [C][C]: M^{-1}, built column by column
+  double* centre = nullptr;   // [C][C]: masked same-pixel block M (adjoint: transposed), when
+  double* inverse = nullptr;  // [C][C]: M^{-1}, built column by column    not in shared memory
   T* prepared = nullptr;      // [k*k][C out][row]: K transposed per tap (adjoint: not), so an
                               // output channel's weights are contiguous; the centre tap holds
                               // M^{-1} transposed; the row's padding is never read
@@ -156,51 +157,77 @@ struct SolveArgs {
 
 // ---- The prepare program: one block, two stretches.
 
+// The prepare program's double-precision matrices (centre block and its inverse) when they live
+// in global scratch; otherwise they are the block's shared memory (plan.prepare_shared_bytes).
+struct GlobalDoubles {
+  double* data;
+  TFINVCONV_HD double load(int64_t i) const { return data[i]; }
+  TFINVCONV_HD void store(int64_t i, double v) const { data[i] = v; }
+};
+
 // Stretch 1: copy K into the solve's layout; the masked centre block into `centre` (double).
-template <typename T>
-TFINVCONV_HD void PrepareWeights(int t, int threads, const PrepareArgs<T>& a) {
-  const int64_t c = a.channels, kk = a.ksize * a.ksize, centre_tap = kk - 1;
-  for (int64_t e = t; e < kk * c * c; e += threads) {
-    const int64_t o = e % c, i = (e / c) % c, tap = e / (c * c);
+// Indices are int: the plan keeps k*k*C*row below 2^31.
+template <typename T, class Doubles>
+TFINVCONV_HD void PrepareWeights(int t, int threads, const PrepareArgs<T>& a, Doubles centre) {
+  const int c = static_cast<int>(a.channels), kk = static_cast<int>(a.ksize * a.ksize);
+  const int row = static_cast<int>(a.row);
+  for (int e = t; e < kk * c * c; e += threads) {
+    const int o = e % c, i = (e / c) % c, tap = e / (c * c);
     const T v = a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e];
-    if (tap != centre_tap) {
-      a.prepared[(tap * c + o) * a.row + i] = v;
+    if (tap != kk - 1) {
+      a.prepared[(tap * c + o) * row + i] = v;
     } else {  // y = x @ M with M[i][o] kept for i <= o (adjoint: i >= o)
       const bool kept = a.adjoint ? i >= o : i <= o;
-      a.centre[i * c + o] = kept ? static_cast<double>(v) : 0.0;
+      centre.store(i * c + o, kept ? static_cast<double>(v) : 0.0);
     }
   }
 }
 
 // Stretch 2: column o of M^{-1} solves M v = e_o by substitution (M is triangular), in double.
 // A zero or NaN on M's diagonal poisons the column with NaN (no host round trip to report it).
-template <typename T>
-TFINVCONV_HD void InvertCentreColumns(int t, int threads, const PrepareArgs<T>& a) {
-  const int64_t c = a.channels, base = (a.ksize * a.ksize - 1) * c * a.row;
+template <typename T, class Doubles>
+TFINVCONV_HD void InvertCentreColumns(int t, int threads, const PrepareArgs<T>& a, Doubles centre,
+                                      Doubles inverse) {
+  const int c = static_cast<int>(a.channels), row = static_cast<int>(a.row);
+  const int base = static_cast<int>((a.ksize * a.ksize - 1) * a.channels) * row;
   bool singular = false;
-  for (int64_t i = 0; i < c; ++i) singular |= !(std::fabs(a.centre[i * c + i]) > 0.0);
-  for (int64_t o = t; o < c; o += threads) {
-    for (int64_t step = 0; step < c; ++step) {
+  for (int i = 0; i < c; ++i) singular |= !(std::fabs(centre.load(i * c + i)) > 0.0);
+  for (int o = t; o < c; o += threads) {
+    for (int step = 0; step < c; ++step) {
       // Upper triangular (forward solve): from the last row up; lower (adjoint): top down.
-      const int64_t i = a.adjoint ? step : c - 1 - step;
+      const int i = a.adjoint ? step : c - 1 - step;
       double v = i == o ? 1.0 : 0.0;
-      const int64_t m_begin = a.adjoint ? 0 : i + 1, m_end = a.adjoint ? i : c;
-      for (int64_t m = m_begin; m < m_end; ++m) v -= a.centre[i * c + m] * a.inverse[m * c + o];
-      a.inverse[i * c + o] = v / a.centre[i * c + i];
+      const int m_begin = a.adjoint ? 0 : i + 1, m_end = a.adjoint ? i : c;
+      for (int m = m_begin; m < m_end; ++m) v -= centre.load(i * c + m) * inverse.load(m * c + o);
+      inverse.store(i * c + o, v / centre.load(i * c + i));
     }
-    for (int64_t i = 0; i < c; ++i) {
-      const T value = static_cast<T>(a.inverse[i * c + o]);
-      a.prepared[base + o * a.row + i] = singular ? static_cast<T>(NAN) : value;
+    for (int i = 0; i < c; ++i) {
+      const T value = static_cast<T>(inverse.load(i * c + o));
+      a.prepared[base + o * row + i] = singular ? static_cast<T>(NAN) : value;
     }
   }
 }
 
+template <class Block, typename T, class Doubles>
+TFINVCONV_HD void PrepareStretches(Block& block, const PrepareArgs<T>& a, Doubles centre,
+                                   Doubles inverse) {
+  const int threads = block.threads();
+  block.run([=](int t) { PrepareWeights(t, threads, a, centre); });
+  block.barrier();
+  block.run([=](int t) { InvertCentreColumns(t, threads, a, centre, inverse); });
+}
+
+// The matrices in shared memory when the plan gave the block room for them: each column's
+// substitution is a chain of dependent loads, ~10x shorter from shared memory than from L2.
 template <class Block, typename T>
 TFINVCONV_HD void PrepareProgram(Block& block, const PrepareArgs<T>& a) {
-  const int threads = block.threads();
-  block.run([=](int t) { PrepareWeights(t, threads, a); });
-  block.barrier();
-  block.run([=](int t) { InvertCentreColumns(t, threads, a); });
+  const int64_t cc = a.channels * a.channels;
+  if (a.matrices_in_shared) {
+    PrepareStretches(block, a, block.template shared<double>(0, cc),
+                     block.template shared<double>(cc * 8, cc));
+  } else {
+    PrepareStretches(block, a, GlobalDoubles{a.centre}, GlobalDoubles{a.inverse});
+  }
 }
 
 // ---- The solve program: one block per tile.
@@ -480,6 +507,7 @@ LaunchArgs<T> MakeLaunchArgs(const SolveShape& s, const GpuSolvePlan& plan, cons
   l.prepare.channels = s.channels;
   l.prepare.ksize = s.ksize;
   l.prepare.row = plan.weight_row;
+  l.prepare.matrices_in_shared = plan.prepare_shared_bytes > 0;
   l.prepare.adjoint = adjoint;
   l.prepare.kernel = kernel;
   l.prepare.centre = reinterpret_cast<double*>(bytes + plan.centre_offset);
