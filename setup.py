@@ -58,6 +58,11 @@ def _run(command):
   subprocess.check_call(command, cwd=ROOT)
 
 
+def _tf_version():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.__version__
+
+
 class BuildOpLibrary(build_ext):
   """Compiles the op library with TF's flags instead of distutils' defaults."""
 
@@ -85,6 +90,9 @@ class BuildOpLibrary(build_ext):
         extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
       _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
             output, *link_flags, *extra_link])
+    # The binary is tied to this TensorFlow: the loader compares before it loads anything.
+    with open(output[:-len(".so")] + ".tf_version", "w") as f:
+      f.write(_tf_version() + "\n")
 
 
 def _cuda_include_shim(scratch, cuda_home):

@@ -1,5 +1,6 @@
 """Graph mode, XLA, the implementation switch, and every bad input."""
 
+import importlib
 import warnings
 
 import numpy as np
@@ -101,6 +102,30 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
 def test_compiled_library_is_built_and_loaded():
   library, reason = _loader.load_library()
   assert library is not None, reason
+
+
+def test_the_build_records_its_tensorflow_version():
+  with open(_loader.VERSION_FILE) as f:
+    assert f.read().strip() == tf.__version__
+  assert _loader.version_mismatch() is None
+
+
+def test_a_library_built_for_another_tensorflow_is_refused_before_loading(tmp_path, monkeypatch):
+  library = tmp_path / "_inverse_conv_ops.so"
+  library.write_bytes(b"not loaded")
+  (tmp_path / "_inverse_conv_ops.tf_version").write_text("2.0.0\n")
+  monkeypatch.setattr(_loader, "LIBRARY_FILE", str(library))
+  monkeypatch.setattr(_loader, "VERSION_FILE", str(tmp_path / "_inverse_conv_ops.tf_version"))
+  for name, value in (("_tried", False), ("_library", None), ("_load_error", None)):
+    monkeypatch.setattr(_loader, name, value)
+  monkeypatch.setattr(tf, "load_op_library", lambda path: pytest.fail("must not be loaded"))
+  library_object, reason = _loader.load_library()
+  assert library_object is None
+  assert f"built against TensorFlow 2.0.0, but TensorFlow {tf.__version__} is installed" in reason
+  assert "pip install --no-build-isolation -e ." in reason
+  # Importing the package says so at once (not only at the first solve).
+  with pytest.warns(RuntimeWarning, match="built against TensorFlow 2.0.0"):
+    importlib.reload(ops)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

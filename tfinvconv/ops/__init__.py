@@ -1,5 +1,7 @@
 """Masked causal convolutions and their exact inverses (Inverse-Flow), as TensorFlow ops."""
 
+import warnings
+
 from tfinvconv.ops import _loader
 from tfinvconv.ops.causal_conv import CORNERS
 from tfinvconv.ops.causal_conv import causal_conv2d
@@ -10,5 +12,9 @@ from tfinvconv.ops.inverse_causal_conv import inverse_causal_conv2d
 __all__ = ["CORNERS", "IMPLEMENTATIONS", "causal_conv2d", "inverse_causal_conv2d", "kernel_mask"]
 
 # Register the compiled op now (a SavedModel that contains it needs it before loading). A missing
-# or broken library is only recorded here; using the op says why it is unavailable.
+# or broken library is only recorded here; using the op says why it is unavailable. A library
+# built for another TensorFlow is said at once: it is never loaded (it could crash).
 _loader.load_library()
+if _loader.version_mismatch():
+  warnings.warn(f"tfinvconv: {_loader.version_mismatch()}; until then the pure-TensorFlow solve "
+                "is used", RuntimeWarning, stacklevel=2)

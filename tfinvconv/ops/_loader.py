@@ -5,6 +5,8 @@ import os
 import tensorflow as tf
 
 LIBRARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inverse_conv_ops.so")
+# Written by setup.py next to the library: the TensorFlow version it was compiled against.
+VERSION_FILE = LIBRARY_FILE[:-len(".so")] + ".tf_version"
 
 _library = None
 _load_error = None
@@ -19,9 +21,27 @@ def load_library():
     if not os.path.exists(LIBRARY_FILE):
       _load_error = (f"{LIBRARY_FILE} was not built (run `pip install --no-build-isolation -e .` "
                      "in the repository root)")
+    elif version_mismatch():
+      _load_error = version_mismatch()  # loading it could fail on a missing symbol or crash
     else:
       try:
         _library = tf.load_op_library(LIBRARY_FILE)
       except (tf.errors.NotFoundError, OSError) as error:  # e.g. built against another TF
         _load_error = f"{LIBRARY_FILE} failed to load: {error}"
   return _library, _load_error
+
+
+def version_mismatch():
+  """Why the library cannot be used with the installed TensorFlow, or None when it can (or when
+  its build did not record a version)."""
+  try:
+    with open(VERSION_FILE) as f:
+      built_for = f.read().strip()
+  except OSError:
+    return None
+  if not built_for or built_for == tf.__version__:
+    return None
+  return (f"{LIBRARY_FILE} was built against TensorFlow {built_for}, but TensorFlow "
+          f"{tf.__version__} is installed (the binary works only with the version it was built "
+          "against): rebuild it with `pip install --no-build-isolation -e .` in the repository "
+          "root, or install that TensorFlow")
