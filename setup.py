@@ -90,9 +90,13 @@ class BuildOpLibrary(build_ext):
         extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
       _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
             output, *link_flags, *extra_link])
-    # The binary is tied to this TensorFlow: the loader compares before it loads anything.
-    with open(output[:-len(".so")] + ".tf_version", "w") as f:
-      f.write(_tf_version() + "\n")
+    # The binary is tied to this TensorFlow: the loader compares before it loads anything. Next
+    # to the library in the build folder (what a wheel packs) and in the source package (where an
+    # editable install's library ends up: setuptools copies only the .so there).
+    stamp = os.path.basename(output)[:-len(".so")] + ".tf_version"
+    for folder in {os.path.dirname(output), os.path.join(ROOT, "tfinvconv", "ops")}:
+      with open(os.path.join(folder, stamp), "w") as f:
+        f.write(_tf_version() + "\n")
 
 
 def _cuda_include_shim(scratch, cuda_home):

@@ -15,9 +15,9 @@ from benchmarks import bench_models
 from benchmarks import bench_ops
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-GPU_NOTE = ("GPU columns: not measured - no GPU was lent to the session that produced these "
-            "numbers. `make gpu-bench` times the CUDA solve and adjoint against cuDNN at the "
-            "op level on any machine with a GPU (benchmarks/results/ops_gpu.md).")
+GPU_NOTE = ("GPU columns: not measured - the GPU machines lent so far have no TensorFlow. The "
+            "CUDA solve itself is measured against cuDNN at the op level by `make gpu-bench` "
+            "(benchmarks/results/ops_gpu.md, NVIDIA H200).")
 
 
 def _fmt(summary):
