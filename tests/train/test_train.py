@@ -108,10 +108,11 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
   resumed = json.loads((tmp_path / "interrupted" / "metrics.json").read_text())
   straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
   assert resumed["steps"] == straight["steps"] == 12
+  # Bit for bit: the CPU engine is deterministic, the data order and the dequantisation noise
+  # are functions of the step, and the optimizer state is restored exactly.
   a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "interrupted")
-  np.testing.assert_allclose(b["weights_sum"], a["weights_sum"], rtol=1e-6)
-  np.testing.assert_allclose(b["weights_sum_of_squares"], a["weights_sum_of_squares"],
-                             rtol=1e-6)
+  assert (b["weights_sum"], b["weights_sum_of_squares"]) == (
+      a["weights_sum"], a["weights_sum_of_squares"])
 
 
 def test_sigterm_from_outside_saves_a_checkpoint(tmp_path):
