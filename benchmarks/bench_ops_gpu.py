@@ -6,10 +6,12 @@ GPU machines here have PyTorch but no TensorFlow, so the framework-free core is 
 library with a C interface (custom_ops/inverse_conv/gpu_bench/c_api.cu) and driven through ctypes
 on PyTorch tensors. First correctness: the GPU solve and adjoint against the CPU core in float64
 (every corner, both paths), float32 against the same, and torch's own convolution applied to the
-solution (A x = y); each solve runs twice and must agree bit for bit. Then timings with CUDA events, interleaved call by call, medians after
-warm-up, next to `torch.nn.functional.conv2d` of the same causal convolution (cuDNN, TF32 off,
-cudnn.benchmark on): forward, adjoint, and the kernel-gradient cost (cuDNN's filter gradient,
-which our gradient uses as well). Writes benchmarks/results/ops_gpu.{md,json}.
+solution (A x = y); each solve runs twice and must agree bit for bit, and where the plan picks an
+unrolled kernel the generic one is checked too. Then timings with CUDA events, interleaved call
+by call, medians after warm-up, next to `torch.nn.functional.conv2d` of the same causal
+convolution (cuDNN, TF32 off, cudnn.benchmark on): forward, adjoint, the kernel-gradient cost
+(cuDNN's filter gradient, which our gradient uses as well) and the generic kernel. Writes
+benchmarks/results/ops_gpu.{md,json}.
 """
 
 import argparse

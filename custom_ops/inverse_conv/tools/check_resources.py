@@ -32,7 +32,8 @@ def plan_constant(name):
 
 def unrolled_vector_counts():
   text = open(PLAN_HEADER).read()
-  return re.search(r"using UnrolledVectorCounts = VectorCounts<([\d, ]+)>;", text).group(1).split(",")
+  counts = re.search(r"using UnrolledVectorCounts = VectorCounts<([\d, ]+)>;", text).group(1)
+  return counts.split(",")
 
 
 def parse(log):
@@ -113,8 +114,9 @@ def main(nvcc="nvcc"):
     print(f"expected {expected} solve kernels in the resource report, found {len(solve_kernels)}")
     return 1
   for (name, sm), r in sorted(kernels.items()):
-    print(f"  sm_{sm} {kernel_label(name):52s} {r['registers']:3d} registers, spills {r['spill_stores']}/"
-          f"{r['spill_loads']} B, stack {r['stack']} B, static smem {r['smem']} B")
+    print(f"  sm_{sm} {kernel_label(name):52s} {r['registers']:3d} registers, spills "
+          f"{r['spill_stores']}/{r['spill_loads']} B, stack {r['stack']} B, static smem "
+          f"{r['smem']} B")
   found = problems(kernels, plan_constant("kMaxSolveThreads"), plan_constant("kPrepareThreads"))
   for p in found:
     print("RESOURCE FAIL", p)
