@@ -39,9 +39,12 @@ def _cuda_arch():
   return module
 
 
-def _tf_flags():
+def _tf_build_info():
+  """What the build needs from the installed TensorFlow: compile and link flags, whether it is a
+  CUDA build, and its version (the library works with that version only)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), tf.test.is_built_with_cuda()
+  return (tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(),
+          tf.test.is_built_with_cuda(), tf.__version__)
 
 
 def _want_cuda(tf_has_cuda):
@@ -58,11 +61,6 @@ def _run(command):
   subprocess.check_call(command, cwd=ROOT)
 
 
-def _tf_version():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.__version__
-
-
 class BuildOpLibrary(build_ext):
   """Compiles the op library with TF's flags instead of distutils' defaults."""
 
@@ -70,7 +68,7 @@ class BuildOpLibrary(build_ext):
     return fullname.replace(".", os.sep) + ".so"  # the name tfinvconv/ops/_loader.py loads
 
   def build_extension(self, ext):
-    compile_flags, link_flags, tf_has_cuda = _tf_flags()
+    compile_flags, link_flags, tf_has_cuda, tf_version = _tf_build_info()
     output = self.get_ext_fullpath(ext.name)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     march = os.environ.get("TFINVCONV_MARCH", "native")
@@ -96,7 +94,7 @@ class BuildOpLibrary(build_ext):
     stamp = os.path.basename(output)[:-len(".so")] + ".tf_version"
     for folder in {os.path.dirname(output), os.path.join(ROOT, "tfinvconv", "ops")}:
       with open(os.path.join(folder, stamp), "w") as f:
-        f.write(_tf_version() + "\n")
+        f.write(tf_version + "\n")
 
 
 def _cuda_include_shim(scratch, cuda_home):

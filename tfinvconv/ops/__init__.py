@@ -15,6 +15,7 @@ __all__ = ["CORNERS", "IMPLEMENTATIONS", "causal_conv2d", "inverse_causal_conv2d
 # or broken library is only recorded here; using the op says why it is unavailable. A library
 # built for another TensorFlow is said at once: it is never loaded (it could crash).
 _loader.load_library()
-if _loader.version_mismatch():
-  warnings.warn(f"tfinvconv: {_loader.version_mismatch()}; until then the pure-TensorFlow solve "
-                "is used", RuntimeWarning, stacklevel=2)
+_mismatch = _loader.version_mismatch()
+if _mismatch:
+  warnings.warn(f"tfinvconv: {_mismatch}; until then the pure-TensorFlow solve is used",
+                RuntimeWarning, stacklevel=2)

@@ -18,11 +18,12 @@ def load_library():
   global _library, _load_error, _tried
   if not _tried:
     _tried = True
+    mismatch = version_mismatch()
     if not os.path.exists(LIBRARY_FILE):
       _load_error = (f"{LIBRARY_FILE} was not built (run `pip install --no-build-isolation -e .` "
                      "in the repository root)")
-    elif version_mismatch():
-      _load_error = version_mismatch()  # loading it could fail on a missing symbol or crash
+    elif mismatch:
+      _load_error = mismatch  # loading it could fail on a missing symbol or crash
     else:
       try:
         _library = tf.load_op_library(LIBRARY_FILE)

@@ -204,10 +204,11 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
   } else {
     p.grid = s.batch;
   }
-  p.prepare_shared_bytes = 2 * c * c * 8 <= kDefaultSharedLimit ? 2 * c * c * 8 : 0;
+  const int64_t matrix_bytes = c * c * 8;  // the centre block or its inverse, in double
+  p.prepare_shared_bytes = 2 * matrix_bytes <= kDefaultSharedLimit ? 2 * matrix_bytes : 0;
   p.centre_offset = 0;
-  p.inverse_offset = c * c * 8;
-  p.prepared_offset = 2 * c * c * 8;
+  p.inverse_offset = matrix_bytes;
+  p.prepared_offset = 2 * matrix_bytes;
   p.flags_offset = RoundUp(p.prepared_offset + p.prepared_elements(k, c) * elem, 16);
   p.counter_offset = p.flags_offset + (p.tiled() ? tiles : 0) * 4;
   p.work_offset = RoundUp(p.counter_offset + 4, 16);

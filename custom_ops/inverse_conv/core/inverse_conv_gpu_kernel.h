@@ -135,8 +135,10 @@ struct PrepareArgs {
   bool adjoint = false;
   bool matrices_in_shared = false;  // centre and inverse in the block's shared memory
   const T* kernel = nullptr;  // [k][k][C][C], HWIO as the user gave it
-  double* centre = nullptr;   // [C][C]: masked same-pixel block M (adjoint: transposed), when
-  double* inverse = nullptr;  // [C][C]: M^{-1}, built column by column    not in shared memory
+  // Global scratch for the two [C][C] double matrices when they are not in shared memory: the
+  // masked same-pixel block M (adjoint: transposed) and M^{-1}, built column by column.
+  double* centre = nullptr;
+  double* inverse = nullptr;
   T* prepared = nullptr;      // [k*k][C out][row]: K transposed per tap (adjoint: not), so an
                               // output channel's weights are contiguous; the centre tap holds
                               // M^{-1} transposed; the row's padding is never read
