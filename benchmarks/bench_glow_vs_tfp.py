@@ -40,25 +40,25 @@ def load_data():
 class TfpGlow:
   """tfp.bijectors.Glow behind the same small interface as our model (same data handling)."""
 
-  def __init__(self, image_shape, levels, depth, hidden, n_bits=8):
-    self.image_shape, self.n_bits = tuple(image_shape), n_bits
+  def __init__(self, image_shape, levels, depth, hidden, n_bins=256, seed=0):
+    self.image_shape = tuple(image_shape)
     h, w, c = self.image_shape
     self.bijector = tfb.Glow(
         output_shape=(h, w, c), num_glow_blocks=levels, num_steps_per_block=depth,
         coupling_bijector_fn=lambda shape: tfb.GlowDefaultNetwork(shape, num_hidden=hidden),
-        exit_bijector_fn=tfb.GlowDefaultExitNetwork, seed=0)
+        exit_bijector_fn=tfb.GlowDefaultExitNetwork, seed=seed)
     size = h * w * c
     self.distribution = tfd.TransformedDistribution(
         tfd.Sample(tfd.Normal(0.0, 1.0), [size]), self.bijector)
     self.num_dims = size
-    self.n_bins = 2 ** n_bits
+    self.n_bins = n_bins
 
   @property
   def trainable_variables(self):
     return self.bijector.trainable_variables
 
   def preprocess(self, images):
-    return dequantize(images, self.n_bits)
+    return dequantize(images, self.n_bins)
 
   def log_prob(self, x):
     return self.distribution.log_prob(x)

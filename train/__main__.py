@@ -16,8 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from train import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HELP = {
-    "dataset": "digits, a TFDS name (cifar10, downsampled_imagenet/32x32, "
-               "celeb_a_hq/256, ...) or a folder of images",
+    "dataset": "digits, photo_patches (crops of scikit-learn's two photos), a TFDS name "
+               "(cifar10, downsampled_imagenet/32x32, celeb_a_hq/256, ...) or a folder of images",
     "data_dir": "TFDS data folder (datasets are never downloaded)",
     "run_dir": "where checkpoints, samples, TensorBoard logs and metrics.json go",
     "resume": "continue from the last checkpoint in --run-dir",
@@ -33,6 +33,11 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "max_nonfinite": "consecutive non-finite steps before the run stops",
     "steps_per_epoch": "0: one pass over the training set",
+    "dequantization": "noise inside the bins: uniform, or variational (a small conditional "
+                      "flow q(u | x) trained with the model; bits/dim stays an upper bound)",
+    "n_bits": "bits per colour the data is reduced to (as in the papers)",
+    "n_bins": "grey levels per colour instead of 2**n_bits (e.g. 17 for the digits' 17 "
+              "levels, so that no bin is empty); 0: 2**n_bits",
     "cpu_replicas": "--strategy mirrored on a machine without GPUs: split the CPU into this "
                     "many logical devices, one replica each",
     "overwrite": "start over in a --run-dir that holds another run (deletes its checkpoints, "
@@ -43,6 +48,7 @@ HELP = {
 CHOICES = {
     "mixer": ("1x1", "nxn", "inverse_conv", "finc", "emerging"),
     "coupling": ("affine", "additive"),
+    "dequantization": ("uniform", "variational"),
     "strategy": ("", "mirrored", "multiworker"),
     "implementation": ("auto", "custom_op", "tf"),
 }
@@ -65,6 +71,8 @@ def parse(argv):
   args = parser.parse_args(argv)
   values = {k: v for k, v in presets.PRESETS[args.preset].items() if v is not None}
   values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+  if args.n_bits is not None and args.n_bins is None:
+    values["n_bins"] = 0  # --n-bits alone replaces a preset's n_bins
   return Config(**values)
 
 

@@ -1,4 +1,5 @@
-"""Datasets for training: scikit-learn's digits, TFDS datasets, or a folder of images.
+"""Datasets for training: scikit-learn's digits and photo patches, TFDS datasets, or a folder of
+images.
 
 Everything yields uint8 images [H, W, C]; the model dequantises them itself. Nothing here ever
 downloads: a dataset that is not on disk gets a message saying how to get it.
@@ -46,6 +47,38 @@ def digits_images():
   images = np.round(load_digits().images / 16.0 * 255.0).astype(np.uint8)[..., None]
   order = np.random.default_rng(0).permutation(len(images))  # fixed split
   return images[order[:DIGITS_TRAIN]], images[order[DIGITS_TRAIN:]]
+
+
+PHOTO_PATCHES = "photo_patches"
+
+
+def photo_patch_corners(split, image_size, height, width, photos):
+  """[photo, row, column] of every crop of a split. The right quarter of every photo is the
+  test region and the rest the training region, so no pixel is in both splits; training crops
+  overlap by half (more data), test crops do not."""
+  test_from = width * 3 // 4
+  if split == "train":
+    step, columns = image_size // 2, range(0, test_from - image_size + 1, max(1, image_size // 2))
+  else:
+    step, columns = image_size, range(test_from, width - image_size + 1, image_size)
+  rows = range(0, height - image_size + 1, max(1, step))
+  return np.array([(p, y, x) for p in range(photos) for y in rows for x in columns], np.int32)
+
+
+def _photo_patch_split(split, image_size):
+  """Square RGB crops of the two photographs scikit-learn ships (china.jpg, flower.jpg, 427 x 640
+  each): natural images that need no network."""
+  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  photos = np.stack(load_sample_images().images)
+  count, height, width, _ = photos.shape
+  if image_size > min(height, width // 4):
+    raise ValueError(f"--image-size {image_size} is too large for {PHOTO_PATCHES} (at most "
+                     f"{min(height, width // 4)}: the test region is a quarter of a photo)")
+  corners = photo_patch_corners(split, image_size, height, width, count)
+  photos = tf.constant(photos)
+  return ImageSource(tf.data.Dataset.from_tensor_slices(corners),
+                     lambda c: tf.slice(photos, [c[0], c[1], c[2], 0],
+                                        [1, image_size, image_size, 3])[0])
 
 
 # Where a dataset has no "test" split, what stands in for it (used when TFDS has no split
@@ -153,8 +186,8 @@ def check_dataset_name(dataset):
 def load_split(dataset, split, image_size, channels=3, data_dir=None):
   """The ImageSource of uint8 images [image_size, image_size, C] for split "train" or "test".
 
-  `dataset`: "digits", a TFDS name (cifar10, downsampled_imagenet/32x32, ...), or a folder of
-  images (an existing path, or "folder:PATH").
+  `dataset`: "digits", "photo_patches", a TFDS name (cifar10, downsampled_imagenet/32x32, ...),
+  or a folder of images (an existing path, or "folder:PATH").
   """
   if dataset == "digits":
     train, test = digits_images()
@@ -164,6 +197,8 @@ def load_split(dataset, split, image_size, channels=3, data_dir=None):
     # e.g. --image-size 16 for three levels
     return ImageSource(records, lambda image: tf.image.resize(image, [image_size, image_size],
                                                               method="nearest"))
+  if dataset == PHOTO_PATCHES:
+    return _photo_patch_split(split, image_size)
   root = _folder_root(dataset)
   if root is not None:
     check_dataset_name(dataset)

@@ -14,6 +14,8 @@ import tensorflow as tf
 import tf_keras
 
 from tfinvconv.models import Glow
+from tfinvconv.models.glow import check_bins as glow_check_bins
+from train import baseline
 from train import callbacks as cb
 from train import data
 from train import distributed
@@ -32,6 +34,8 @@ class Config:
   hidden_channels: int = 128
   coupling: str = "affine"
   n_bits: int = 8
+  n_bins: int = 0                # grey levels of the data; 0: 2**n_bits
+  dequantization: str = "uniform"  # or "variational" (a learned q(u | x), Flow++)
   batch_size: int = 64           # per replica (per GPU / process)
   learning_rate: float = 1e-3    # the run's rate; times the number of replicas with scale_lr
   scale_lr: bool = False         # openai/glow kept 1e-3 on 8 GPUs; --scale-lr: Horovod's habit
@@ -69,8 +73,10 @@ class Config:
     if self.steps_per_epoch < 0:
       raise ValueError(f"--steps-per-epoch must be >= 0 (0: one pass over the data), got "
                        f"{self.steps_per_epoch}")
-    if not 1 <= self.n_bits <= 8:
-      raise ValueError(f"--n-bits must be in 1..8, got {self.n_bits}")
+    try:
+      glow_check_bins(self.n_bits, self.n_bins or None)
+    except ValueError as error:
+      raise ValueError(f"--n-bits/--n-bins: {error}") from None
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise ValueError(f"--learning-rate must be a positive number, got {self.learning_rate}")
     if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
@@ -156,7 +162,9 @@ def _run(config, signals):
     model = Glow((config.image_size, config.image_size, channels), config.num_levels,
                  config.depth, config.hidden_channels, mixer=config.mixer,
                  kernel_size=config.kernel_size, coupling=config.coupling,
-                 n_bits=config.n_bits, implementation=config.implementation,
+                 n_bits=config.n_bits, n_bins=config.n_bins or None,
+                 dequantization=config.dequantization,
+                 implementation=config.implementation,
                  seed=distributed.seed_for(engine, config.seed))
     engine.prepare_model(model)
     peak = config.learning_rate * (engine.replicas if config.scale_lr else 1)
@@ -266,10 +274,16 @@ def _run(config, signals):
   if not chief:
     return 0
   sample_paths = report.samples("final")
+  baseline_bpd, baseline_train, baseline_test = baseline.source_bits_per_dim(
+      train_images, test_images, model.n_bins)
   metrics = {
       "preset_dataset": config.dataset, "mixer": config.mixer, "steps": step,
       "train_bits_per_dim": (history.get("bits_per_dim") or [float("nan")])[-1],
-      "test_bits_per_dim": test_bpd, "params": int(model.count_params()),
+      "test_bits_per_dim": test_bpd, "n_bins": model.n_bins,
+      "baseline_bits_per_dim": baseline_bpd,
+      "baseline": f"per-pixel histogram of {baseline_train} training images, evaluated on "
+                  f"{baseline_test} test images (train/baseline.py)",
+      "params": int(model.count_params()),
       "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
       "images_per_sec": progress.images_per_second,
       "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
@@ -281,12 +295,19 @@ def _run(config, signals):
   with open(metrics_path + ".tmp", "w") as f:
     json.dump(metrics, f, indent=1)
   os.replace(metrics_path + ".tmp", metrics_path)
-  log(f"done: test bits/dim {test_bpd:.4f} after {step} steps\n"
+  log(f"done: test bits/dim {test_bpd:.4f} after {step} steps (per-pixel histogram baseline: "
+      f"{baseline_bpd:.4f}, {_beats(test_bpd, baseline_bpd)})\n"
       f"  samples:     {os.path.abspath(os.path.dirname(sample_paths[0]))}\n"
       f"  tensorboard: tensorboard --logdir {os.path.abspath(os.path.join(run_dir, 'tensorboard'))}\n"
       f"  metrics:     {os.path.abspath(metrics_path)}\n"
       f"  checkpoints: {os.path.abspath(checkpoint_dir)}")
   return 0
+
+
+def _beats(test_bpd, baseline_bpd):
+  if test_bpd < baseline_bpd:
+    return f"better by {baseline_bpd - test_bpd:.4f}"
+  return f"WORSE by {test_bpd - baseline_bpd:.4f}: the flow has not learned more than marginals"
 
 
 def _checkpoint_candidates(checkpoint_dir):

@@ -261,3 +261,24 @@ def test_layers_start_as_identity_or_rotation():
   w = conv.matrix().numpy()
   np.testing.assert_allclose(w @ w.T, np.eye(4), atol=1e-5)  # a rotation
   assert abs(float(conv.inverse_log_det_jacobian(x, event_ndims=3)[0])) < 1e-4
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_coupling_is_its_formula_with_its_network(additive):
+  """y_a = x_a; y_b = (x_b + shift) * scale (affine) or x_b + shift (additive), with
+  (shift, scale) from the layer's own network of x_a, called here directly: a coupling that
+  ignored its network (a dead layer) would still be invertible with a consistent log-det."""
+  coupling = _randomize(tib.AffineCoupling(4, hidden_channels=6, additive=additive,
+                                           dtype=tf.float64), np.random.default_rng(4))
+  x = np.random.default_rng(5).normal(size=(2, 3, 3, 4))
+  h = coupling.network(tf.constant(x[..., :2])).numpy()
+  if additive:
+    shift, scale = h, np.ones_like(h)
+  else:
+    shift, scale = h[..., 0::2], 1 / (1 + np.exp(-(h[..., 1::2] + 2)))
+  assert np.abs(shift).max() > 0.1  # the network does something
+  z = coupling.inverse(tf.constant(x)).numpy()
+  np.testing.assert_allclose(z[..., :2], x[..., :2])
+  np.testing.assert_allclose(z[..., 2:], (x[..., 2:] + shift) * scale, rtol=1e-12)
+  log_det = coupling.inverse_log_det_jacobian(tf.constant(x), event_ndims=3).numpy()
+  np.testing.assert_allclose(log_det, np.log(scale).sum(axis=(1, 2, 3)), rtol=1e-12)

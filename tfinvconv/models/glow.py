@@ -9,19 +9,19 @@ import tf_keras
 from tfinvconv import bijectors as tib
 from tfinvconv.bijectors import _image
 from tfinvconv.models import priors
+from tfinvconv.models.dequantization import VariationalDequantizer
 
 MIXERS = ("1x1", "nxn", "inverse_conv", "finc", "emerging")
 COUPLINGS = ("affine", "additive")
+DEQUANTIZATIONS = ("uniform", "variational")
 
 
-def dequantize(images, n_bits, dtype=tf.float32, noise=True, seed=None):
-  """Glow's data handling: uint8 images (or floats in [0, 255]) reduced to `n_bits`, scaled to
+def dequantize(images, n_bins, dtype=tf.float32, noise=True, seed=None):
+  """Glow's data handling: uint8 images (or floats in [0, 255]) reduced to `n_bins` grey levels
+  (bin floor(v * n_bins / 256): for n_bins = 2**n_bits the top n_bits bits), scaled to
   [-0.5, 0.5) and spread over their bin by uniform noise. `seed` ([2] ints) makes the noise
   stateless, so a resumed run draws exactly what an uninterrupted one would."""
-  n_bins = 2 ** n_bits
-  x = tf.cast(images, dtype)
-  if n_bits < 8:
-    x = tf.floor(x / 2 ** (8 - n_bits))
+  x = tf.floor(tf.cast(images, dtype) * (n_bins / 256.0))
   x = x / n_bins - 0.5
   if noise:
     if seed is None:
@@ -29,6 +29,19 @@ def dequantize(images, n_bits, dtype=tf.float32, noise=True, seed=None):
     else:
       x += tf.random.stateless_uniform(tf.shape(x), seed, 0, 1.0 / n_bins, dtype=dtype)
   return x
+
+
+def check_bins(n_bits, n_bins):
+  """The number of grey levels: `n_bins` (2..256) if given, else 2**n_bits (n_bits in 1..8)."""
+  if not (isinstance(n_bits, int) and 1 <= n_bits <= 8):
+    raise ValueError(f"n_bits must be an integer in 1..8, got {n_bits!r}")
+  if n_bins is None:
+    return 2 ** n_bits
+  if not (isinstance(n_bins, int) and 2 <= n_bins <= 256):
+    raise ValueError(f"n_bins must be an integer in 2..256, got {n_bins!r}")
+  if n_bits != 8 and n_bins != 2 ** n_bits:
+    raise ValueError(f"n_bits={n_bits} and n_bins={n_bins} disagree: give one of them")
+  return n_bins
 
 
 def make_mixer(mixer, channels, kernel_size, implementation, dtype, seed):
@@ -66,9 +79,11 @@ class Glow(tf_keras.Model):
   convolution of the kept half); the last latent has a learned (`learn_top`) Gaussian prior.
   `mixer` picks the invertible convolution of each step (see `make_mixer`).
 
-  Data: uint8 images [B, H, W, C] in [0, 255] are reduced to `n_bits`, scaled to [-0.5, 0.5)
-  and dequantised with uniform noise of one bin; `bits_per_dim(images)` accounts for the bin
-  width, so the numbers compare with the papers'. `log_prob(x)`, `encode(x)`, `decode(latents)`
+  Data: uint8 images [B, H, W, C] in [0, 255] are reduced to `n_bins` grey levels (default
+  2**n_bits; e.g. 17 for data with 17 levels, so that no bin is empty), scaled to [-0.5, 0.5)
+  and dequantised with uniform noise of one bin, or (`dequantization="variational"`) with noise
+  from a learned q(u | x) whose log-density the bound subtracts (docs/quality.md);
+  `bits_per_dim(images)` accounts for the bin width, so the numbers compare with the papers'. `log_prob(x)`, `encode(x)`, `decode(latents)`
   and `sample(n)` work on the continuous scaled data x. The latents are the standardised noises
   of every prior (finest level first), so `sample(n, temperature)` is `decode` of scaled
   standard normal noise and `decode(encode(x))` reconstructs x exactly.
@@ -87,7 +102,8 @@ class Glow(tf_keras.Model):
 
   def __init__(self, image_shape, num_levels=3, depth=32, hidden_channels=512,
                mixer="inverse_conv", kernel_size=3, coupling="affine", learn_top=True,
-               n_bits=8, dtype=tf.float32, implementation="auto", seed=0, name="glow"):
+               n_bits=8, dtype=tf.float32, implementation="auto", seed=0, name="glow",
+               n_bins=None, dequantization="uniform"):
     dtype = _image.check_dtype(dtype)
     super().__init__(name=name, dtype=dtype.name)
     if len(image_shape) != 3:
@@ -101,8 +117,10 @@ class Glow(tf_keras.Model):
       raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
     if coupling not in COUPLINGS:
       raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
-    if not 1 <= n_bits <= 8:
-      raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
+    n_bins = check_bins(n_bits, n_bins)
+    if dequantization not in DEQUANTIZATIONS:
+      raise ValueError(f"unknown dequantization {dequantization!r}; choose one of "
+                       f"{', '.join(DEQUANTIZATIONS)}")
     if mixer == "emerging" and kernel_size % 2 == 0:
       raise ValueError(f"mixer='emerging' needs an odd kernel_size (a centred receptive field), "
                        f"got {kernel_size}")
@@ -118,10 +136,10 @@ class Glow(tf_keras.Model):
                         depth=depth, hidden_channels=hidden_channels, mixer=mixer,
                         kernel_size=kernel_size, coupling=coupling, learn_top=learn_top,
                         n_bits=n_bits, dtype=dtype.name, implementation=implementation,
-                        seed=seed, name=name)
+                        seed=seed, name=name, n_bins=n_bins, dequantization=dequantization)
     self.image_shape = (height, width, channels)
-    self.num_levels, self.depth, self.n_bits = num_levels, depth, n_bits
-    self.n_bins = 2 ** n_bits
+    self.num_levels, self.depth = num_levels, depth
+    self.n_bins = n_bins
     self.mixer, self.coupling_kind, self.kernel_size = mixer, coupling, kernel_size
     self.implementation = implementation
     self._flow_dtype = dtype
@@ -146,6 +164,10 @@ class Glow(tf_keras.Model):
         self.latent_shapes.append((h, w, c - kept))
         c = kept
     self.top_prior = priors.TopPrior(c, learn_top=learn_top, dtype=dtype.name)
+    self.dequantizer = None
+    if dequantization == "variational":
+      self.dequantizer = VariationalDequantizer(channels, dtype=dtype.name)
+      self.dequantizer.build((None, height, width, channels))
     self.latent_shapes.append((h, w, c))
     self.num_dims = height * width * channels
     self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
@@ -234,18 +256,36 @@ class Glow(tf_keras.Model):
 
   def preprocess(self, images, noise=True, seed=None):
     """uint8 images -> continuous scaled data (see `dequantize`)."""
-    return dequantize(images, self.n_bits, self._flow_dtype, noise, seed)
+    return dequantize(images, self.n_bins, self._flow_dtype, noise, seed)
 
   def to_images(self, x):
-    """Continuous scaled data -> uint8 images (the bins' lower edges, as openai/glow)."""
+    """Continuous scaled data -> uint8 images: each bin's lowest value, as openai/glow (for
+    n_bins = 2**n_bits, bin * 2**(8 - n_bits))."""
     bins = tf.clip_by_value(tf.floor((x + 0.5) * self.n_bins), 0, self.n_bins - 1)
-    return tf.cast(bins * 2 ** (8 - self.n_bits), tf.uint8)
+    return tf.cast(tf.math.ceil(bins * (256.0 / self.n_bins)), tf.uint8)
 
   def bits_per_dim(self, images, noise=True, seed=None):
-    """-log2 P(images) / (H W C) per image: the discrete likelihood of the n_bits bins."""
-    log_prob = self.log_prob(self.preprocess(images, noise, seed))
+    """-log2 P(images) / (H W C) per image: the discrete likelihood of the n_bins bins (with
+    noise, a one-sample estimate of its variational upper bound; docs/math.md)."""
+    if self.dequantizer is None:
+      log_prob = self.log_prob(self.preprocess(images, noise, seed))
+    else:
+      log_prob = self._variational_log_prob(images, noise, seed)
     log_prob -= self.num_dims * math.log(self.n_bins)
     return -log_prob / (self.num_dims * math.log(2.0))
+
+  def _variational_log_prob(self, images, noise, seed):
+    """log p(x + u / n_bins) - log q(u | x), u from the dequantizer (eps = 0 without noise)."""
+    lower = dequantize(images, self.n_bins, self._flow_dtype, noise=False)
+    shape = tf.shape(lower)
+    if not noise:
+      eps = tf.zeros(shape, self._flow_dtype)
+    elif seed is None:
+      eps = tf.random.normal(shape, dtype=self._flow_dtype)
+    else:
+      eps = tf.random.stateless_normal(shape, seed, dtype=self._flow_dtype)
+    u, log_q = self.dequantizer(lower, eps)
+    return self.log_prob(lower + u / self.n_bins) - log_q
 
   def initialize(self, images):
     """ActNorm's data-dependent initialisation from a batch of images (always re-runs)."""

@@ -1,0 +1,220 @@
+"""Which invertible convolution models images better? Every mixer of our Glow and
+tfp.bijectors.Glow at matched parameter counts, trained the same way from several seeds.
+
+    .venv/bin/python -m benchmarks.quality [--datasets digits,photo_patches] [--seeds 3]
+                                           [--steps N] [--quick]
+
+Each model's coupling width is chosen so that its parameter count is within 5 % of the
+inverse_conv model's at the dataset's reference width. Every run: the same training images,
+batches in a seed-dependent order, Adam with a linear warm-up, the same number of steps, then
+test bits/dim over the whole test split (dequantisation noise seeded). Reported: mean ± sample
+standard deviation over seeds, every seed's value, parameters, median train-step and sampling
+times. Writes benchmarks/results/quality.{md,json} (--quick: a smoke run that writes nothing).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from benchmarks.bench_glow_vs_tfp import TfpGlow, count
+from tfinvconv.models import Glow
+from tfinvconv.models.glow import MIXERS
+from train import data
+from train.trainer import WarmupSchedule
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MODELS = MIXERS + ("tfp_glow",)
+TOLERANCE = 0.05  # parameter counts within 5 % of the reference
+# Per dataset: the model shape (levels, steps per level, reference coupling width), the data
+# reduction and the training length. The digits have 17 grey levels, so 17 bins.
+SETTINGS = {
+    "digits": dict(image_size=8, levels=2, depth=8, hidden=128, n_bins=17, batch=64,
+                   steps=460, warmup=23, learning_rate=1e-3),
+    "photo_patches": dict(image_size=16, levels=2, depth=4, hidden=64, n_bins=256, batch=64,
+                          steps=300, warmup=30, learning_rate=1e-3),
+}
+QUICK = dict(depth=1, hidden=16, steps=4, warmup=2)
+
+
+def build(name, image_shape, setting, hidden, seed):
+  tf_keras.utils.set_random_seed(seed)
+  if name == "tfp_glow":
+    model = TfpGlow(image_shape, setting["levels"], setting["depth"], hidden,
+                    n_bins=setting["n_bins"], seed=seed)
+    model.log_prob(tf.zeros((1,) + tuple(image_shape)))  # creates its variables
+    return model
+  return Glow(image_shape, setting["levels"], setting["depth"], hidden, mixer=name,
+              n_bins=setting["n_bins"], seed=seed)
+
+
+def matched_width(name, image_shape, setting, target):
+  """The coupling width whose parameter count is nearest `target` (counts grow with width)."""
+  counts = {}
+
+  def params(hidden):
+    if hidden not in counts:
+      counts[hidden] = count(build(name, image_shape, setting, hidden, 0).trainable_variables)
+    return counts[hidden]
+
+  low, high = setting["hidden"] // 3, 3 * setting["hidden"]
+  while high - low > 1:  # smallest width with params >= target
+    middle = (low + high) // 2
+    low, high = (middle, high) if params(middle) < target else (low, middle)
+  best = min((low, high), key=lambda h: abs(params(h) - target))
+  return best, params(best)
+
+
+def train_and_measure(model, train_images, test_images, setting, seed):
+  """Trains with Adam + warm-up; returns the measurements of one run."""
+  batches = iter(tf.data.Dataset.from_tensor_slices(train_images)
+                 .shuffle(len(train_images), seed=seed).repeat()
+                 .batch(setting["batch"], drop_remainder=True))
+  first = next(batches)
+  if isinstance(model, Glow):
+    model.initialize(first)
+  optimizer = tf_keras.optimizers.Adam(WarmupSchedule(setting["learning_rate"],
+                                                      setting["warmup"]))
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(model.bits_per_dim(images))
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  times, diverged_at, loss = [], None, float("nan")
+  for i in range(setting["steps"]):
+    images = first if i == 0 else next(batches)
+    start = time.perf_counter()
+    loss = float(step(images).numpy())
+    times.append(time.perf_counter() - start)
+    if not np.isfinite(loss):
+      diverged_at = i
+      break
+  sampler = tf.function(lambda: model.sample(64))
+  sampler()
+  sample_times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    sampler().numpy()
+    sample_times.append(time.perf_counter() - start)
+  tf.random.set_seed(1)  # the same dequantisation noise for every model
+  test = [model.bits_per_dim(test_images[i:i + 500]).numpy()
+          for i in range(0, len(test_images), 500)]
+  return {"seed": seed, "test_bits_per_dim": float(np.mean(np.concatenate(test))),
+          "last_train_bits_per_dim": loss, "diverged_at_step": diverged_at,
+          "train_step_ms": 1e3 * float(np.median(times[1:] or times)),
+          "sample_64_ms": 1e3 * float(np.median(sample_times))}
+
+
+def images_of(dataset, split, image_size):
+  source = data.load_split(dataset, split, image_size, data.image_channels(dataset))
+  return np.concatenate([b.numpy() for b in source.images().batch(1000)])
+
+
+def run_dataset(dataset, setting, seeds, log):
+  train_images = images_of(dataset, "train", setting["image_size"])
+  test_images = images_of(dataset, "test", setting["image_size"])
+  image_shape = train_images.shape[1:]
+  target = count(build("inverse_conv", image_shape, setting, setting["hidden"],
+                       0).trainable_variables)
+  rows = []
+  for name in MODELS:
+    hidden, params = matched_width(name, image_shape, setting, target)
+    if abs(params / target - 1) > TOLERANCE:
+      raise RuntimeError(f"{name}: no coupling width gives {target:,} parameters within "
+                         f"{TOLERANCE:.0%} (nearest {params:,} at width {hidden})")
+    runs = []
+    for seed in range(seeds):
+      model = build(name, image_shape, setting, hidden, seed)
+      runs.append(train_and_measure(model, train_images, test_images, setting, seed))
+      log(f"{dataset} {name} seed {seed}: {runs[-1]['test_bits_per_dim']:.4f} bits/dim")
+    values = [r["test_bits_per_dim"] for r in runs]
+    rows.append({"model": name, "hidden": hidden, "params": params, "runs": runs,
+                 "mean": float(np.mean(values)),
+                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                 "train_step_ms": float(np.median([r["train_step_ms"] for r in runs])),
+                 "sample_64_ms": float(np.median([r["sample_64_ms"] for r in runs]))})
+  return {"dataset": dataset, "setting": setting, "train_images": len(train_images),
+          "test_images": len(test_images), "image_shape": list(image_shape),
+          "reference_params": target, "rows": rows}
+
+
+def separation(a, b):
+  """How many standard deviations apart two rows' means are (std of the difference)."""
+  spread = np.hypot(a["std"], b["std"])
+  return (b["mean"] - a["mean"]) / spread if spread > 0 else float("inf")
+
+
+def markdown(result, command):
+  s = result["setting"]
+  h, w, c = result["image_shape"]
+  lines = [f"### {result['dataset']} ({h}x{w}x{c}, {result['train_images']} train / "
+           f"{result['test_images']} test images, {s['n_bins']} grey levels)", "",
+           f"{s['levels']} levels x {s['depth']} steps, affine coupling, batch {s['batch']}, "
+           f"{s['steps']} Adam steps (peak {s['learning_rate']}, {s['warmup']} warm-up), "
+           f"parameters matched to within {TOLERANCE:.0%} of inverse_conv at width "
+           f"{s['hidden']} ({result['reference_params']:,}).", "",
+           "| model | width | params | test bits/dim (mean ± std) | per seed | diverged | "
+           "train step (ms) | sample 64 (ms) |", "|---|---|---|---|---|---|---|---|"]
+  for r in sorted(result["rows"], key=lambda r: (np.isnan(r["mean"]), r["mean"])):
+    seeds = ", ".join(f"{x['test_bits_per_dim']:.3f}" for x in r["runs"])
+    diverged = ", ".join(f"seed {x['seed']} at step {x['diverged_at_step']}"
+                         for x in r["runs"] if x["diverged_at_step"] is not None) or "—"
+    lines.append(f"| {r['model']} | {r['hidden']} | {r['params']:,} | {r['mean']:.3f} ± "
+                 f"{r['std']:.3f} | {seeds} | {diverged} | {r['train_step_ms']:.1f} | "
+                 f"{r['sample_64_ms']:.1f} |")
+  ranked = sorted((r for r in result["rows"] if np.isfinite(r["mean"])),
+                  key=lambda r: r["mean"])
+  by_name = {r["model"]: r for r in result["rows"]}
+  if len(ranked) > 1:
+    lines += ["", f"Best: {ranked[0]['model']}, ahead of {ranked[1]['model']} by "
+                  f"{ranked[1]['mean'] - ranked[0]['mean']:.3f} bits/dim = "
+                  f"{separation(ranked[0], ranked[1]):.1f} standard deviations of the "
+                  "difference."]
+  ours, glow = by_name["inverse_conv"], by_name["1x1"]
+  lines.append(f"inverse_conv vs 1x1: {glow['mean'] - ours['mean']:+.3f} bits/dim in "
+               f"inverse_conv's favour ({separation(ours, glow):+.1f} standard deviations).")
+  return "\n".join(lines + ["", f"Command: `{command}`"])
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--datasets", default="digits,photo_patches")
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=0, help="0: each dataset's default")
+  parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
+  args = parser.parse_args(argv)
+  unknown = [d for d in args.datasets.split(",") if d not in SETTINGS]
+  if unknown or args.seeds < 1 or args.steps < 0:
+    parser.error(f"--datasets takes {', '.join(SETTINGS)} (got {unknown or args.datasets}); "
+                 "--seeds >= 1, --steps >= 0")
+  command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else
+                                                        sys.argv[1:])
+  results = []
+  for dataset in args.datasets.split(","):
+    setting = dict(SETTINGS[dataset], **(QUICK if args.quick else {}))
+    if args.steps:
+      setting["steps"] = args.steps
+    results.append(run_dataset(dataset, setting, args.seeds, print))
+  text = "\n\n".join(markdown(r, command.strip()) for r in results)
+  header = (f"# Test bits/dim by mixer, mean ± std over seeds ({os.cpu_count()} CPU cores, "
+            f"TF {tf.__version__})\n\n")
+  print(header + text)
+  if not args.quick:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "quality.json"), "w") as f:
+      json.dump({"command": command.strip(), "results": results}, f, indent=1)
+    with open(os.path.join(RESULTS, "quality.md"), "w") as f:
+      f.write(header + text + "\n")
+
+
+if __name__ == "__main__":
+  main()
