@@ -80,6 +80,11 @@ class Glow(tf_keras.Model):
   `fit` or loaded weights never re-initialise. Models whose mixer uses the compiled op compile
   with `jit_compile=False` (the op has no XLA kernel); pass `implementation="tf"` for XLA.
 
+  Mixed precision: build the model under `tf_keras.mixed_precision.set_global_policy(
+  "mixed_bfloat16")` (or "mixed_float16"): the coupling networks compute in that dtype, all
+  else (variables, invertible convolutions, actnorm, priors, log-dets) stays float32; for
+  float16 `compile` wraps the optimizer in a LossScaleOptimizer and `train_step` scales.
+
   Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
   included), `save_weights` / `tf.train.Checkpoint`, or `tfinvconv.models.export_saved_model`
   for a SavedModel with `log_prob`, `bits_per_dim` and `sample` signatures. Other formats are
