@@ -211,7 +211,7 @@ def _run(config, signals):
     log("--resume: no checkpoint yet, starting from scratch")
   if latest:
     if os.path.exists(latest + ".index"):
-      checkpoint.restore(latest).assert_existing_objects_matched()
+      _restore(checkpoint, optimizer, latest)
     engine.broadcast_variables(model.variables + optimizer.variables)
     log(f"resumed from {latest} at step {int(model.step_counter.numpy())}")
   else:
@@ -311,6 +311,17 @@ def _run(config, signals):
       f"  metrics:     {os.path.abspath(metrics_path)}\n"
       f"  checkpoints: {os.path.abspath(checkpoint_dir)}")
   return 0
+
+
+def _restore(checkpoint, optimizer, prefix):
+  """Restores every object of the run. A run saved without float16 loss scaling cannot gain
+  it on resume (the model tracks its optimizer, so the missing scale fails the match)."""
+  saved = [name for name, _ in tf.train.list_variables(prefix)]
+  if (isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and
+      not any(name.startswith("optimizer/loss_scale/") for name in saved)):
+    raise ValueError(f"--resume: {prefix} was saved without float16 loss scaling; resume it "
+                     "with the --mixed-precision it was trained with (none or bfloat16)")
+  checkpoint.restore(prefix).assert_existing_objects_matched()
 
 
 def _checkpoint_candidates(checkpoint_dir):

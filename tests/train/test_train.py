@@ -266,6 +266,9 @@ def test_mixed_precision_flag_is_honoured(tmp_path, capsys):
   assert trainer.run(bf16) == 0
   metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
   assert metrics["coupling_compute_dtype"] == "bfloat16" and metrics["loss_scale"] is None
+  bf16.resume, bf16.mixed_precision, bf16.epochs = True, "float16", 2  # no scale was saved
+  with pytest.raises(ValueError, match="saved without float16 loss scaling; resume it with"):
+    trainer.run(bf16)
   bad = _tiny_config(tmp_path, "bad", mixed_precision="half")
   with pytest.raises(ValueError, match="--mixed-precision must be one of none, bfloat16, "
                                        "float16, got 'half'"):
