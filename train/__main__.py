@@ -25,6 +25,9 @@ HELP = {
                 "horovodrun instead)",
     "mixer": "1x1, nxn, inverse_conv, finc or emerging",
     "implementation": "inverse convolution kernels: auto, custom_op or tf",
+    "mixed_precision": "coupling networks in bfloat16 or float16 (with loss scaling); "
+                       "variables, log-dets, invertible convolutions, actnorm and priors stay "
+                       "float32",
     "batch_size": "images per replica (GPU / process) per step",
     "learning_rate": "peak learning rate after warm-up (times the number of replicas with "
                      "--scale-lr)",
@@ -51,6 +54,7 @@ CHOICES = {
     "dequantization": ("uniform", "variational"),
     "strategy": ("", "mirrored", "multiworker"),
     "implementation": ("auto", "custom_op", "tf"),
+    "mixed_precision": ("none", "bfloat16", "float16"),
 }
 
 

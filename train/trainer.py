@@ -1,5 +1,6 @@
 """The training run: model, data, distribution, checkpoints and outputs, from one config."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -13,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfinvconv import bijectors as tib
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import check_bins as glow_check_bins
 from train import baseline
@@ -22,6 +24,8 @@ from train import distributed
 
 EXIT_NONFINITE = 3
 EXIT_LOST_WORKER = 4
+# --mixed-precision: the tf_keras policy the coupling networks are built under.
+POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclasses.dataclass
@@ -45,6 +49,7 @@ class Config:
   kernel_size: int = 3
   mixer: str = "inverse_conv"
   implementation: str = "auto"
+  mixed_precision: str = "none"  # coupling networks in "bfloat16" / "float16"; rest float32
   data_dir: str = ""
   run_dir: str = ""
   resume: bool = False
@@ -85,6 +90,9 @@ class Config:
       raise ValueError(f"--seed must be in 0..{2 ** 32 - 1}, got {self.seed}")
     if self.cpu_replicas > 1 and self.strategy != "mirrored":
       raise ValueError("--cpu-replicas splits the CPU for --strategy mirrored only")
+    if self.mixed_precision not in POLICIES:
+      raise ValueError(f"--mixed-precision must be one of {', '.join(POLICIES)}, got "
+                       f"{self.mixed_precision!r}")
     if self.resume and self.overwrite:
       raise ValueError("--resume and --overwrite contradict each other: pick one")
     data.check_dataset_name(self.dataset)
@@ -111,8 +119,19 @@ RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "ranks", "metrics.json")
 def run(config):
   """Trains; returns a process exit code (0 done, 3 non-finite stop, 128+N on signal N)."""
   config.validate()
-  with cb.SignalFlag() as signals:
+  with cb.SignalFlag() as signals, _global_policy(POLICIES[config.mixed_precision]):
     return _run(config, signals)
+
+
+@contextlib.contextmanager
+def _global_policy(name):
+  """The tf_keras policy while the run builds its model; the caller's one afterwards."""
+  before = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(before)
 
 
 def _claim_run_dir(run_dir, config):
@@ -170,6 +189,8 @@ def _run(config, signals):
     peak = config.learning_rate * (engine.replicas if config.scale_lr else 1)
     schedule = WarmupSchedule(peak, config.warmup_epochs * steps_per_epoch)
     optimizer = tf_keras.optimizers.Adam(schedule)
+    if model.computes_in_float16():  # wrapped here so checkpoints keep the loss scale
+      optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)  # slots exist now: restorable and broadcastable
     model.compile(optimizer=optimizer)
   log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
@@ -198,7 +219,7 @@ def _run(config, signals):
     log("--resume: no checkpoint yet, starting from scratch")
   if latest:
     if os.path.exists(latest + ".index"):
-      checkpoint.restore(latest).assert_existing_objects_matched()
+      _restore(checkpoint, optimizer, latest)
     engine.broadcast_variables(model.variables + optimizer.variables)
     log(f"resumed from {latest} at step {int(model.step_counter.numpy())}")
   else:
@@ -287,7 +308,10 @@ def _run(config, signals):
       "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
       "images_per_sec": progress.images_per_second,
       "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
-      "replicas": engine.replicas,
+      "replicas": engine.replicas, "coupling_compute_dtype": _coupling_dtype(model),
+      "loss_scale": (float(optimizer.loss_scale)
+                     if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+                     else None),
   }
   metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in metrics.items()}  # strict JSON: no NaN
@@ -308,6 +332,17 @@ def _beats(test_bpd, baseline_bpd):
   if test_bpd < baseline_bpd:
     return f"better by {baseline_bpd - test_bpd:.4f}"
   return f"WORSE by {test_bpd - baseline_bpd:.4f}: the flow has not learned more than marginals"
+
+
+def _restore(checkpoint, optimizer, prefix):
+  """Restores every object of the run. A run saved without float16 loss scaling cannot gain
+  it on resume (the model tracks its optimizer, so the missing scale fails the match)."""
+  saved = [name for name, _ in tf.train.list_variables(prefix)]
+  if (isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and
+      not any(name.startswith("optimizer/loss_scale/") for name in saved)):
+    raise ValueError(f"--resume: {prefix} was saved without float16 loss scaling; resume it "
+                     "with the --mixed-precision it was trained with (none or bfloat16)")
+  checkpoint.restore(prefix).assert_existing_objects_matched()
 
 
 def _checkpoint_candidates(checkpoint_dir):
@@ -359,6 +394,12 @@ def _write_rank_summary(run_dir, engine, model, history):
   with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=1)
   os.replace(path + ".tmp", path)
+
+
+def _coupling_dtype(model):
+  """What the coupling networks really compute in (from the model, not the flag)."""
+  return next(layer.compute_dtype.name for level in model.steps for layer in level
+              if isinstance(layer, tib.AffineCoupling))
 
 
 def _evaluate(model, test_data):

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from train import callbacks as cb
 from train import data
@@ -280,6 +281,33 @@ def test_bad_command_line_values_are_one_line_errors(tmp_path, capsys):
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], (args,
                                                                                         error)
   assert not os.path.exists(tmp_path / "r")  # refused before anything was written
+
+
+def test_mixed_precision_flag_is_honoured(tmp_path, capsys):
+  assert parse([]).mixed_precision == "none"
+  with pytest.raises(SystemExit):
+    parse(["--mixed-precision", "fp8"])
+  assert "--mixed-precision: invalid choice: 'fp8'" in capsys.readouterr().err
+  before = tf_keras.mixed_precision.global_policy().name
+  config = _tiny_config(tmp_path, "run", mixed_precision="float16", epochs=1, steps_per_epoch=3)
+  assert trainer.run(config) == 0
+  assert tf_keras.mixed_precision.global_policy().name == before  # restored after the run
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  # Read from the model and its optimizer, not the flag: float16 networks, loss scaling on.
+  assert metrics["coupling_compute_dtype"] == "float16" and metrics["loss_scale"] > 0
+  assert metrics["nonfinite_steps"] == 0 and np.isfinite(metrics["test_bits_per_dim"])
+  bf16 = parse(TINY + ["--mixed-precision", "bfloat16", "--run-dir", str(tmp_path / "b"),
+                       "--epochs", "1", "--steps-per-epoch", "2", "--no-verbose"])
+  assert trainer.run(bf16) == 0
+  metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+  assert metrics["coupling_compute_dtype"] == "bfloat16" and metrics["loss_scale"] is None
+  bf16.resume, bf16.mixed_precision, bf16.epochs = True, "float16", 2  # no scale was saved
+  with pytest.raises(ValueError, match="saved without float16 loss scaling; resume it with"):
+    trainer.run(bf16)
+  bad = _tiny_config(tmp_path, "bad", mixed_precision="half")
+  with pytest.raises(ValueError, match="--mixed-precision must be one of none, bfloat16, "
+                                       "float16, got 'half'"):
+    trainer.run(bad)
 
 
 def test_large_seeds_are_valid():

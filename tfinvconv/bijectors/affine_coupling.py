@@ -1,9 +1,29 @@
 """AffineCoupling: Glow's affine (or additive) coupling layer."""
 
+import warnings
+
 import tensorflow as tf
 import tf_keras
 
 from tfinvconv.bijectors import _image
+
+
+def network_policy(dtype):
+  """The coupling network's dtype policy: the global mixed policy when its variables are the
+  flow's dtype (mixed_bfloat16 / mixed_float16 on a float32 flow), else the flow's dtype.
+  A global policy the flow cannot follow is reported, never dropped silently."""
+  policy = tf_keras.mixed_precision.global_policy()
+  mixed = policy.compute_dtype != policy.variable_dtype
+  if mixed and policy.variable_dtype == dtype.name:
+    return policy
+  if mixed or (policy.compute_dtype != dtype.name and policy.name != "float32"):
+    warnings.warn(
+        f"tfinvconv: the global tf_keras policy {policy.name!r} is ignored by this "
+        f"{dtype.name} flow: its coupling networks compute in {dtype.name}. Mixed precision "
+        "needs a float32 flow and a mixed policy (set_global_policy('mixed_bfloat16') or "
+        "'mixed_float16'); the flow's own dtype is set by its `dtype` argument",
+        stacklevel=3)
+  return dtype.name
 
 
 class AffineCoupling(_image.ImageBijector):
@@ -26,6 +46,12 @@ class AffineCoupling(_image.ImageBijector):
   The network is built from tf_keras layers, so tf_keras models and `tf.train.Checkpoint`
   track its weights (Keras 3 does not track variables held inside a TFP bijector or tf.Module:
   its `model.fit` would train nothing).
+
+  Mixed precision: under a global `tf_keras.mixed_precision` policy `mixed_bfloat16` or
+  `mixed_float16` (set before the layer is built) the network computes in bfloat16 / float16
+  with float32 variables; its output h is cast back to the flow's float32 before the shift,
+  the scale and the log-det use it, so only the network's rounding differs from float32.
+  The same rounded h is used in both directions, so `forward` still inverts `inverse`.
   """
 
   def __init__(self, num_channels, hidden_channels=512, additive=False, dtype=tf.float32,
@@ -38,11 +64,11 @@ class AffineCoupling(_image.ImageBijector):
       self._num_kept = num_channels // 2
       num_changed = num_channels - self._num_kept
       outputs = num_changed if self._additive else 2 * num_changed
-      layer_dtype = self.dtype.name
+      layer_dtype = network_policy(self.dtype)
       # The explicit Input keeps the bijector's dtype: Sequential.build() would add an input
       # layer in Keras' default float32 and silently round float64 data.
       self.network = tf_keras.Sequential([
-          tf_keras.Input(shape=(None, None, self._num_kept), dtype=layer_dtype),
+          tf_keras.Input(shape=(None, None, self._num_kept), dtype=self.dtype.name),
           tf_keras.layers.Conv2D(hidden_channels, 3, padding="same", activation="relu",
                                  dtype=layer_dtype),
           tf_keras.layers.Conv2D(hidden_channels, 1, activation="relu", dtype=layer_dtype),
@@ -54,8 +80,14 @@ class AffineCoupling(_image.ImageBijector):
   def additive(self):
     return self._additive
 
+  @property
+  def compute_dtype(self):
+    """The dtype the network computes in (bfloat16 / float16 under a mixed policy)."""
+    return tf.as_dtype(self.network.layers[0].compute_dtype)
+
   def _shift_and_log_scale(self, kept):
-    h = _image.as_batch_of_images(self.network, kept)
+    # Back to the flow's dtype before anything enters the map or the log-det.
+    h = tf.cast(_image.as_batch_of_images(self.network, kept), self.dtype)
     if self._additive:
       return h, None
     # log(sigmoid(u)) = -softplus(-u), stable for large |u|.

@@ -11,6 +11,7 @@ from tfinvconv.bijectors import _image
 from tfinvconv.models import priors
 from tfinvconv.models.dequantization import VariationalDequantizer
 
+_LossScaleOptimizer = tf_keras.mixed_precision.LossScaleOptimizer
 MIXERS = ("1x1", "nxn", "inverse_conv", "finc", "emerging")
 COUPLINGS = ("affine", "additive")
 DEQUANTIZATIONS = ("uniform", "variational")
@@ -93,6 +94,11 @@ class Glow(tf_keras.Model):
   `initialize(images)`); their `initialized` flags are saved with the weights, so a second
   `fit` or loaded weights never re-initialise. Models whose mixer uses the compiled op compile
   with `jit_compile=False` (the op has no XLA kernel); pass `implementation="tf"` for XLA.
+
+  Mixed precision: build the model under `tf_keras.mixed_precision.set_global_policy(
+  "mixed_bfloat16")` (or "mixed_float16"): the coupling networks compute in that dtype, all
+  else (variables, invertible convolutions, actnorm, priors, log-dets) stays float32; for
+  float16 `compile` wraps the optimizer in a LossScaleOptimizer and `train_step` scales.
 
   Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
   included), `save_weights` / `tf.train.Checkpoint`, or `tfinvconv.models.export_saved_model`
@@ -348,14 +354,25 @@ class Glow(tf_keras.Model):
     return (self.mixer in ("inverse_conv", "finc", "emerging") and
             self.implementation != "tf")
 
-  def compile(self, *args, jit_compile=None, **kwargs):
+  def computes_in_float16(self):
+    """True when the coupling networks were built under mixed_float16."""
+    return any(layer.compute_dtype == tf.float16 for level in self.steps for layer in level
+               if isinstance(layer, tib.AffineCoupling))
+
+  def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
     if jit_compile is None:
       jit_compile = False  # Keras would turn XLA on by itself when a GPU is visible
     if jit_compile and self.uses_compiled_op():
       raise ValueError(f"mixer={self.mixer!r} uses the compiled op, which has no XLA kernel: "
                        "compile with jit_compile=False or build the model with "
                        "implementation='tf'")
-    super().compile(*args, jit_compile=jit_compile, **kwargs)
+    # float16 gradients underflow without loss scaling. Keras wraps the optimizer only for a
+    # model whose own policy is mixed_float16; Glow's own stays the flow's float32.
+    if self.computes_in_float16():
+      optimizer = tf_keras.optimizers.get(optimizer)
+      if not isinstance(optimizer, _LossScaleOptimizer):
+        optimizer = _LossScaleOptimizer(optimizer)
+    super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
 
   def call(self, images, training=False):
     return self.bits_per_dim(images)
@@ -375,8 +392,13 @@ class Glow(tf_keras.Model):
     synchronisation cannot sit inside a conditional, so there the replicas agree on finiteness
     and apply zero gradients instead (no NaN reaches the weights, but Adam's momentum still
     moves them a little).
+
+    With a LossScaleOptimizer (mixed_float16) the loss is scaled and the gradients unscaled
+    here, and every step goes to the optimizer, which itself skips a non-finite one and lowers
+    its scale (skipping it here would hide the overflow and the scale would never come down).
     """
     images = self._images(data)
+    loss_scaling = isinstance(self.optimizer, _LossScaleOptimizer)
     seed = tf.stack([tf.cast(self.noise_seed, tf.int64), self.step_counter.read_value()])
     replica_context = tf.distribute.get_replica_context()
     under_strategy = tf.distribute.has_strategy() and replica_context is not None
@@ -385,10 +407,14 @@ class Glow(tf_keras.Model):
       per_image = self.bits_per_dim(images, seed=seed)
       loss = tf.reduce_mean(per_image)
       scaled_loss = loss / replicas  # the optimizer sums the replicas' gradients
+      if loss_scaling:
+        scaled_loss = self.optimizer.get_scaled_loss(scaled_loss)
     if self.gradient_tape_wrapper is not None:
       tape = self.gradient_tape_wrapper(tape)
     variables = self.trainable_variables
     gradients = tape.gradient(scaled_loss, variables)
+    if loss_scaling:
+      gradients = self.optimizer.get_unscaled_gradients(gradients)
     # With a gradient-averaging tape the gradients are identical on every worker, so they alone
     # decide (a non-finite local loss makes them non-finite everywhere after averaging).
     checks = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
@@ -399,6 +425,10 @@ class Glow(tf_keras.Model):
       bad_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                 1.0 - tf.cast(finite, tf.float32))
       finite = tf.equal(bad_replicas, 0.0)
+    if loss_scaling:
+      self.optimizer.apply_gradients(zip(gradients, variables))
+      skipped = 1 - tf.cast(finite, tf.int64)
+    elif under_strategy:
       gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
       self.optimizer.apply_gradients(zip(gradients, variables))
       skipped = 1 - tf.cast(finite, tf.int64)
