@@ -6,7 +6,12 @@
 Environment:
   TFINVCONV_CUDA=auto|1|0  build the CUDA kernels: auto (default) when nvcc is on the PATH and the
                            installed TensorFlow was built with CUDA; 1 forces, 0 disables.
-  TFINVCONV_MARCH=native   value for g++ -march (default native; set it empty for a portable .so).
+  TFINVCONV_MARCH=native   build the CPU kernels only for this machine (g++ -march=<value>); the
+                           library then dies with SIGILL on CPUs that lack its instructions.
+                           Default (unset or empty): a portable library that runs on any x86-64
+                           CPU, with the kernels compiled for baseline x86-64, AVX2+FMA and
+                           AVX-512 and the widest this CPU supports chosen at run time
+                           (tfinvconv.ops.cpu_path(); TFINVCONV_CPU_PATH forces one).
 """
 
 import importlib.util
@@ -24,7 +29,7 @@ CORE_CPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_cpu.cc"]
 CORE_GPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_gpu.cu.cc"]
 TF_WRAPPER_SOURCES = ["custom_ops/inverse_conv/tf/inverse_conv_ops.cc"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wno-deprecated-declarations",
-             "-Wno-interference-size"]
+             "-Wno-interference-size", "-Wno-psabi"]
 NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
 LIBRARY = "tfinvconv.ops._inverse_conv_ops"
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -71,8 +76,10 @@ class BuildOpLibrary(build_ext):
     compile_flags, link_flags, tf_has_cuda, tf_version = _tf_build_info()
     output = self.get_ext_fullpath(ext.name)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    march = os.environ.get("TFINVCONV_MARCH", "native")
-    cxx = CXX_FLAGS + ([f"-march={march}"] if march else []) + ["-I", ROOT] + compile_flags
+    march = os.environ.get("TFINVCONV_MARCH", "")
+    # A -march build names its single CPU path after the value (inverse_conv_cpu.cc).
+    cxx = CXX_FLAGS + ([f"-march={march}", f'-DTFINVCONV_MARCH_NAME="{march}"'] if march else [])
+    cxx += ["-I", ROOT] + compile_flags
     objects, extra_link = [], []
     with tempfile.TemporaryDirectory() as scratch:
       if _want_cuda(tf_has_cuda):
