@@ -19,7 +19,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
-.PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench horovod clean
+.PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench \
+        horovod qemu clean
 
 setup: $(OP_LIBRARY)
 
@@ -71,8 +72,16 @@ $(HOROVOD): $(OP_LIBRARY)
 	$(PY) -c "import horovod, horovod.tensorflow as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
 	touch $@
 
-test: setup horovod
+test: setup horovod qemu
 	$(PY) -m pytest -q tests
+
+# qemu-user runs the op on CPUs without AVX2 / AVX-512 (tests/ops/test_cpu_paths.py); Debian's
+# package, installed only where it is missing and apt-get exists (sudo only when not root).
+qemu:
+	@if ! command -v qemu-x86_64 >/dev/null && command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user >/dev/null; \
+	fi
 
 # Every benchmark table (results in benchmarks/results/); bench-quick is CI's smoke run.
 bench: setup
