@@ -20,7 +20,7 @@ HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
 .PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench \
-        horovod qemu clean
+        horovod qemu wheel-smoke clean
 
 setup: $(OP_LIBRARY)
 
@@ -82,6 +82,20 @@ qemu:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user >/dev/null; \
 	fi
+
+# The wheel as a user gets it: built, installed with --no-deps into a fresh venv outside the
+# checkout (the dependencies come from .venv through a .pth file, to save installing TensorFlow
+# again), then tests/wheel_smoke.py from another folder: the op library and its TF-version stamp
+# come from the wheel, op round trip, a bijector in TFP, a tiny Glow fit.
+wheel-smoke: setup
+	rm -rf build/wheel
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
+	smoke=$$(mktemp -d) && trap 'rm -rf "$$smoke"' EXIT && \
+	  $(PYTHON) -m venv --without-pip "$$smoke/venv" && \
+	  $(PY) -m pip --python "$$smoke/venv/bin/python" install -q --no-deps build/wheel/tfinvconv-*.whl && \
+	  $(PY) -c "import site; print(site.getsitepackages()[0])" > \
+	    "$$("$$smoke/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth" && \
+	  cd "$$smoke" && "$$smoke/venv/bin/python" $(CURDIR)/tests/wheel_smoke.py $(CURDIR)
 
 # Every benchmark table (results in benchmarks/results/); bench-quick is CI's smoke run.
 bench: setup

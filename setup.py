@@ -12,6 +12,14 @@ Environment:
                            CPU, with the kernels compiled for baseline x86-64, AVX2+FMA and
                            AVX-512 and the widest this CPU supports chosen at run time
                            (tfinvconv.ops.cpu_path(); TFINVCONV_CPU_PATH forces one).
+
+Dependencies: TensorFlow itself is not declared. It comes as `tensorflow`, `tensorflow-cpu` or
+`tensorflow[and-cuda]` (one of them, never two), and the op binary works only with the version it
+was compiled against (TF_VERSION below, recorded in the wheel and checked at import): declaring
+`tensorflow` would make pip install a second, GPU-sized TensorFlow next to a user's
+`tensorflow-cpu`, and an unpinned one could replace the version the binary needs. Install the
+matching TensorFlow first (see README, "Installing"); tf-keras declares `tensorflow` for the same
+reason the Makefile installs it with --no-deps.
 """
 
 import importlib.util
@@ -113,12 +121,32 @@ def _cuda_include_shim(scratch, cuda_home):
   return shim
 
 
+# Pinned as in requirements.txt (tests/test_build_files.py compares them): TFP 0.25 is the
+# release for TF 2.21 and tf-keras must match TF's minor version.
+TF_VERSION = "2.21.0"
+INSTALL_REQUIRES = [
+    "tensorflow-probability==0.25.0",
+    f"tf-keras=={TF_VERSION}",
+    "scipy",  # the Conv1x1 bijector's random rotation and LU initialisation
+    "numpy",
+]
+EXTRAS_REQUIRE = {
+    "datasets": ["tensorflow-datasets==4.9.10"],  # python -m train with TFDS names
+    # The Makefile builds horovod from source with a patch for this TF (`make horovod`);
+    # pip alone cannot build it against TF >= 2.19.
+    "horovod": ["horovod==0.28.1"],
+}
+
 setup(
     name="tfinvconv",
     version="0.1.0",
     description="Invertible convolutions for normalizing flows in TensorFlow",
     packages=find_packages(include=["tfinvconv", "tfinvconv.*"]),
+    # The version stamp next to the library (the .so itself comes from build_ext).
+    package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version"]},
     python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=[Extension(LIBRARY, sources=CORE_CPU_SOURCES + TF_WRAPPER_SOURCES)],
     cmdclass={"build_ext": BuildOpLibrary},
     zip_safe=False,
