@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
-.PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench \
+.PHONY: setup demo train test bench bench-quick bench-portable cuda-check gpu-emulate gpu-bench \
         horovod qemu wheel-smoke clean
 
 setup: $(OP_LIBRARY)
@@ -103,6 +103,17 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick
+
+# The portable library (every CPU path) against a -march=native build of the same sources,
+# side by side: benchmarks/results/ops_cpu_portable.md.
+NATIVE_LIBRARY := build/native/tfinvconv/ops/_inverse_conv_ops.so
+bench-portable: setup $(NATIVE_LIBRARY)
+	$(PY) -m benchmarks.bench_portable --library native=$(NATIVE_LIBRARY) \
+	  --library portable=$(OP_LIBRARY) --library portable:baseline=$(OP_LIBRARY)
+
+$(NATIVE_LIBRARY): $(INSTALLED) $(OP_SOURCES)
+	TFINVCONV_MARCH=native $(PY) setup.py -q build_ext --build-lib build/native \
+	  --build-temp build/native/tmp
 
 # The core (CPU + GPU) with its C interface as one shared library, CUDA runtime linked statically.
 # $(1): nvcc target flags, $(2): the library.
