@@ -94,18 +94,12 @@ std::vector<double> TriangularInverse(const T* block, int64_t c, bool upper_mask
 #define TFINVCONV_VECTOR_REGISTERS 16
 #endif
 #include "inverse_conv_cpu_kernels.h"
-#undef TFINVCONV_CPU_TARGET
-#undef TFINVCONV_VECTOR_BYTES
-#undef TFINVCONV_VECTOR_REGISTERS
 
 #else  // portable: the compiler's default target, plus wider copies where GCC can target them
 #define TFINVCONV_CPU_TARGET baseline
 #define TFINVCONV_VECTOR_BYTES 16
 #define TFINVCONV_VECTOR_REGISTERS 16
 #include "inverse_conv_cpu_kernels.h"
-#undef TFINVCONV_CPU_TARGET
-#undef TFINVCONV_VECTOR_BYTES
-#undef TFINVCONV_VECTOR_REGISTERS
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TFINVCONV_X86_PATHS 1
@@ -115,9 +109,6 @@ std::vector<double> TriangularInverse(const T* block, int64_t c, bool upper_mask
 #define TFINVCONV_VECTOR_BYTES 32
 #define TFINVCONV_VECTOR_REGISTERS 16
 #include "inverse_conv_cpu_kernels.h"
-#undef TFINVCONV_CPU_TARGET
-#undef TFINVCONV_VECTOR_BYTES
-#undef TFINVCONV_VECTOR_REGISTERS
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -126,9 +117,6 @@ std::vector<double> TriangularInverse(const T* block, int64_t c, bool upper_mask
 #define TFINVCONV_VECTOR_BYTES 64
 #define TFINVCONV_VECTOR_REGISTERS 32
 #include "inverse_conv_cpu_kernels.h"
-#undef TFINVCONV_CPU_TARGET
-#undef TFINVCONV_VECTOR_BYTES
-#undef TFINVCONV_VECTOR_REGISTERS
 #pragma GCC pop_options
 #endif  // x86-64 with GCC
 #endif  // TFINVCONV_MARCH_NAME
@@ -148,8 +136,12 @@ bool Always() { return true; }
 #if defined(TFINVCONV_MARCH_NAME)
 const CompiledPath kPaths[] = {{TFINVCONV_MARCH_NAME, Target::kNative, Always}};
 #elif defined(TFINVCONV_X86_PATHS)
-// __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
-bool RunsAvx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+// __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV); the init
+// makes it safe whenever it is first asked (libgcc otherwise fills it in a constructor).
+bool RunsAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 bool RunsAvx512() { return RunsAvx2() && __builtin_cpu_supports("avx512f"); }
 const CompiledPath kPaths[] = {{"baseline", Target::kBaseline, Always},
                                {"avx2", Target::kAvx2, RunsAvx2},

@@ -3,8 +3,9 @@
 //   TFINVCONV_CPU_TARGET         the namespace of this copy (baseline, avx2, avx512, native)
 //   TFINVCONV_VECTOR_BYTES       one SIMD register of that instruction set (16, 32 or 64)
 //   TFINVCONV_VECTOR_REGISTERS   how many it has (16, or 32 with AVX-512)
-// Deliberately no include guard. Everything here lives in tfinvconv::<target>::(anonymous), so the
-// copies never meet; the dispatcher in inverse_conv_cpu.cc calls <target>::CausalSolve.
+// and undefines the three at its end. Deliberately no include guard. Everything here lives in
+// tfinvconv::<target>::(anonymous), so the copies never meet; the dispatcher in
+// inverse_conv_cpu.cc calls <target>::CausalSolve.
 
 namespace tfinvconv {
 namespace TFINVCONV_CPU_TARGET {
@@ -222,3 +223,7 @@ template void CausalSolve<double>(const SolveShape&, const double*, const double
 }  // namespace
 }  // namespace TFINVCONV_CPU_TARGET
 }  // namespace tfinvconv
+
+#undef TFINVCONV_CPU_TARGET
+#undef TFINVCONV_VECTOR_BYTES
+#undef TFINVCONV_VECTOR_REGISTERS
