@@ -18,8 +18,8 @@ Dependencies: TensorFlow itself is not declared. It comes as `tensorflow`, `tens
 was compiled against (TF_VERSION below, recorded in the wheel and checked at import): declaring
 `tensorflow` would make pip install a second, GPU-sized TensorFlow next to a user's
 `tensorflow-cpu`, and an unpinned one could replace the version the binary needs. Install the
-matching TensorFlow first (see README, "Installing"); tf-keras declares `tensorflow` for the same
-reason the Makefile installs it with --no-deps.
+matching TensorFlow first (see README, "Installing"). tf-keras itself declares `tensorflow`, which
+is why the Makefile installs it with --no-deps; do the same next to `tensorflow-cpu`.
 """
 
 import importlib.util
