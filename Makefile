@@ -19,7 +19,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
-.PHONY: setup demo train test bench bench-quick cuda-check gpu-emulate gpu-bench horovod clean
+.PHONY: setup demo train test bench bench-quick bench-portable cuda-check gpu-emulate gpu-bench \
+        horovod qemu wheel-smoke clean
 
 setup: $(OP_LIBRARY)
 
@@ -71,8 +72,30 @@ $(HOROVOD): $(OP_LIBRARY)
 	$(PY) -c "import horovod, horovod.tensorflow as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
 	touch $@
 
-test: setup horovod
+test: setup horovod qemu
 	$(PY) -m pytest -q tests
+
+# qemu-user runs the op on CPUs without AVX2 / AVX-512 (tests/ops/test_cpu_paths.py); Debian's
+# package, installed only where it is missing and apt-get exists (sudo only when not root).
+qemu:
+	@if ! command -v qemu-x86_64 >/dev/null && command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user >/dev/null; \
+	fi
+
+# The wheel as a user gets it: built, installed with --no-deps into a fresh venv outside the
+# checkout (the dependencies come from .venv through a .pth file, to save installing TensorFlow
+# again), then tests/wheel_smoke.py from another folder: the op library and its TF-version stamp
+# come from the wheel, op round trip, a bijector in TFP, a tiny Glow fit.
+wheel-smoke: setup
+	rm -rf build/wheel
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
+	smoke=$$(mktemp -d) && trap 'rm -rf "$$smoke"' EXIT && \
+	  $(PYTHON) -m venv --without-pip "$$smoke/venv" && \
+	  $(PY) -m pip --python "$$smoke/venv/bin/python" install -q --no-deps build/wheel/tfinvconv-*.whl && \
+	  $(PY) -c "import site; print(site.getsitepackages()[0])" > \
+	    "$$("$$smoke/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth" && \
+	  cd "$$smoke" && "$$smoke/venv/bin/python" $(CURDIR)/tests/wheel_smoke.py $(CURDIR)
 
 # Every benchmark table (results in benchmarks/results/); bench-quick is CI's smoke run.
 bench: setup
@@ -80,6 +103,17 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick
+
+# The portable library (every CPU path) against a -march=native build of the same sources,
+# side by side: benchmarks/results/ops_cpu_portable.md.
+NATIVE_LIBRARY := build/native/tfinvconv/ops/_inverse_conv_ops.so
+bench-portable: setup $(NATIVE_LIBRARY)
+	$(PY) -m benchmarks.bench_portable --library native=$(NATIVE_LIBRARY) \
+	  --library portable=$(OP_LIBRARY) --library portable:baseline=$(OP_LIBRARY)
+
+$(NATIVE_LIBRARY): $(INSTALLED) $(OP_SOURCES)
+	TFINVCONV_MARCH=native $(PY) setup.py -q build_ext --build-lib build/native \
+	  --build-temp build/native/tmp
 
 # The core (CPU + GPU) with its C interface as one shared library, CUDA runtime linked statically.
 # $(1): nvcc target flags, $(2): the library.

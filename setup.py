@@ -6,7 +6,20 @@
 Environment:
   TFINVCONV_CUDA=auto|1|0  build the CUDA kernels: auto (default) when nvcc is on the PATH and the
                            installed TensorFlow was built with CUDA; 1 forces, 0 disables.
-  TFINVCONV_MARCH=native   value for g++ -march (default native; set it empty for a portable .so).
+  TFINVCONV_MARCH=native   build the CPU kernels only for this machine (g++ -march=<value>); the
+                           library then dies with SIGILL on CPUs that lack its instructions.
+                           Default (unset or empty): a portable library that runs on any x86-64
+                           CPU, with the kernels compiled for baseline x86-64, AVX2+FMA and
+                           AVX-512 and the widest this CPU supports chosen at run time
+                           (tfinvconv.ops.cpu_path(); TFINVCONV_CPU_PATH forces one).
+
+Dependencies: TensorFlow itself is not declared. It comes as `tensorflow`, `tensorflow-cpu` or
+`tensorflow[and-cuda]` (one of them, never two), and the op binary works only with the version it
+was compiled against (TF_VERSION below, recorded in the wheel and checked at import): declaring
+`tensorflow` would make pip install a second, GPU-sized TensorFlow next to a user's
+`tensorflow-cpu`, and an unpinned one could replace the version the binary needs. Install the
+matching TensorFlow first (see README, "Installing"). tf-keras itself declares `tensorflow`, which
+is why the Makefile installs it with --no-deps; do the same next to `tensorflow-cpu`.
 """
 
 import importlib.util
@@ -24,7 +37,7 @@ CORE_CPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_cpu.cc"]
 CORE_GPU_SOURCES = ["custom_ops/inverse_conv/core/inverse_conv_gpu.cu.cc"]
 TF_WRAPPER_SOURCES = ["custom_ops/inverse_conv/tf/inverse_conv_ops.cc"]
 CXX_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wno-deprecated-declarations",
-             "-Wno-interference-size"]
+             "-Wno-interference-size", "-Wno-psabi"]
 NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
 LIBRARY = "tfinvconv.ops._inverse_conv_ops"
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -71,8 +84,10 @@ class BuildOpLibrary(build_ext):
     compile_flags, link_flags, tf_has_cuda, tf_version = _tf_build_info()
     output = self.get_ext_fullpath(ext.name)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    march = os.environ.get("TFINVCONV_MARCH", "native")
-    cxx = CXX_FLAGS + ([f"-march={march}"] if march else []) + ["-I", ROOT] + compile_flags
+    march = os.environ.get("TFINVCONV_MARCH", "")
+    # A -march build names its single CPU path after the value (inverse_conv_cpu.cc).
+    cxx = CXX_FLAGS + ([f"-march={march}", f'-DTFINVCONV_MARCH_NAME="{march}"'] if march else [])
+    cxx += ["-I", ROOT] + compile_flags
     objects, extra_link = [], []
     with tempfile.TemporaryDirectory() as scratch:
       if _want_cuda(tf_has_cuda):
@@ -106,12 +121,32 @@ def _cuda_include_shim(scratch, cuda_home):
   return shim
 
 
+# Pinned as in requirements.txt (tests/test_build_files.py compares them): TFP 0.25 is the
+# release for TF 2.21 and tf-keras must match TF's minor version.
+TF_VERSION = "2.21.0"
+INSTALL_REQUIRES = [
+    "tensorflow-probability==0.25.0",
+    f"tf-keras=={TF_VERSION}",
+    "scipy",  # the Conv1x1 bijector's random rotation and LU initialisation
+    "numpy",
+]
+EXTRAS_REQUIRE = {
+    "datasets": ["tensorflow-datasets==4.9.10"],  # python -m train with TFDS names
+    # The Makefile builds horovod from source with a patch for this TF (`make horovod`);
+    # pip alone cannot build it against TF >= 2.19.
+    "horovod": ["horovod==0.28.1"],
+}
+
 setup(
     name="tfinvconv",
     version="0.1.0",
     description="Invertible convolutions for normalizing flows in TensorFlow",
     packages=find_packages(include=["tfinvconv", "tfinvconv.*"]),
+    # The version stamp next to the library (the .so itself comes from build_ext).
+    package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version"]},
     python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=[Extension(LIBRARY, sources=CORE_CPU_SOURCES + TF_WRAPPER_SOURCES)],
     cmdclass={"build_ext": BuildOpLibrary},
     zip_safe=False,

@@ -54,3 +54,41 @@ def test_docs_live_in_the_repository():
   assert not outside, f"references to ../shared: {outside}"
   for linked in re.findall(r"\]\((docs/[^)]+)\)", open(os.path.join(ROOT, "README.md")).read()):
     assert os.path.exists(os.path.join(ROOT, linked)), linked
+
+
+def _setup_constant(name):
+  tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+      return node.value
+  raise AssertionError(f"setup.py has no {name}")
+
+
+def _pins(lines):
+  """{name: version} of `name==version` requirement strings."""
+  pins = {}
+  for line in lines:
+    m = re.match(r"\s*([A-Za-z0-9_.-]+)==([0-9][^\s;#]*)", line)
+    if m:
+      pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+  return pins
+
+
+def test_wheel_pins_agree_with_requirements_and_makefile():
+  """The wheel's dependencies are the versions the repository is tested with."""
+  tf_version = ast.literal_eval(_setup_constant("TF_VERSION"))
+  declared = [ast.literal_eval(e) if not isinstance(e, ast.JoinedStr) else
+              "".join(v.value if isinstance(v, ast.Constant) else tf_version for v in e.values)
+              for e in _setup_constant("INSTALL_REQUIRES").elts]
+  extras = ast.literal_eval(_setup_constant("EXTRAS_REQUIRE"))
+  setup_pins = _pins(declared + [r for reqs in extras.values() for r in reqs])
+  tested = _pins(open(os.path.join(ROOT, "requirements.txt")).read().splitlines())
+  makefile = open(os.path.join(ROOT, "Makefile")).read()
+  tested["tf-keras"] = re.search(r"tf-keras==(\S+)", makefile).group(1)
+  tested["horovod"] = re.search(r"HOROVOD_VERSION := (\S+)", makefile).group(1)
+  assert tested["tensorflow-cpu"] == tf_version
+  assert {"tensorflow-probability", "tf-keras", "tensorflow-datasets", "horovod"} <= set(setup_pins)
+  for name, version in setup_pins.items():
+    assert tested.get(name) == version, f"setup.py pins {name}=={version}, tested: {tested.get(name)}"
+  assert not any(re.match(r"tensorflow(-cpu)?\b(?!-)", r) for r in declared), (
+      "TensorFlow itself is not declared (setup.py's docstring says why)")

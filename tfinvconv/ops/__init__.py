@@ -7,9 +7,11 @@ from tfinvconv.ops.causal_conv import CORNERS
 from tfinvconv.ops.causal_conv import causal_conv2d
 from tfinvconv.ops.causal_conv import kernel_mask
 from tfinvconv.ops.inverse_causal_conv import IMPLEMENTATIONS
+from tfinvconv.ops.inverse_causal_conv import cpu_path
 from tfinvconv.ops.inverse_causal_conv import inverse_causal_conv2d
 
-__all__ = ["CORNERS", "IMPLEMENTATIONS", "causal_conv2d", "inverse_causal_conv2d", "kernel_mask"]
+__all__ = ["CORNERS", "IMPLEMENTATIONS", "causal_conv2d", "cpu_path", "inverse_causal_conv2d",
+           "kernel_mask"]
 
 # Register the compiled op now (a SavedModel that contains it needs it before loading). A missing
 # or broken library is only recorded here; using the op says why it is unavailable. A library

@@ -56,6 +56,22 @@ def _choose(implementation):
   return "tf" if _in_xla_context() else "custom_op"
 
 
+def cpu_path():
+  """The instruction set the compiled CPU solve runs in this process: "baseline", "avx2" or
+  "avx512" (the widest this CPU has, or TFINVCONV_CPU_PATH's choice), or the -march value of a
+  TFINVCONV_MARCH build.
+
+  Raises:
+    RuntimeError: the compiled op is unavailable (says why).
+    tf.errors.InvalidArgumentError: TFINVCONV_CPU_PATH names no path this build and CPU can run.
+  """
+  library, reason = _loader.load_library()
+  if library is None:
+    raise RuntimeError(f"the compiled op is unavailable: {reason}")
+  with tf.device("/CPU:0"):
+    return library.tf_inv_conv_cpu_path().numpy().decode()
+
+
 def _solve_gradients(solve, solution, upstream, kernel, corner, adjoint):
   """Shared backward rule for both implementations (see the module docstring)."""
   k = kernel.shape[0]

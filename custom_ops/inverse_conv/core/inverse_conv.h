@@ -74,9 +74,21 @@ using ParallelFor =
     std::function<void(int64_t total, int64_t cost_per_unit,
                        const std::function<void(int64_t, int64_t)>& fn)>;
 
+// The CPU kernels are compiled for several instruction sets (inverse_conv_cpu.cc: baseline, avx2,
+// avx512; or one "native" copy in a -march build). The one that runs is chosen once per process:
+// TFINVCONV_CPU_PATH if set (auto, or a path name), else the widest this CPU supports. `error`
+// is empty, or says why the requested path cannot run (then `name` is empty).
+struct CpuPathChoice {
+  std::string name;
+  std::string error;
+  int index = -1;
+};
+const CpuPathChoice& ChosenCpuPath();
+
 // CPU: out = A^{-1} rhs (adjoint=false) or A^{-T} rhs (adjoint=true). rhs and out are
-// [batch, height, width, channels] and must not overlap. Requires a valid shape and a nonsingular
-// kernel (checked by the caller with the functions above).
+// [batch, height, width, channels] and must not overlap. Requires a valid shape, a nonsingular
+// kernel and a CPU path without error (checked by the caller with the functions above; a path
+// error aborts here).
 template <typename T>
 void CausalSolveCpu(const SolveShape& shape, const T* rhs, const T* kernel, Corner corner,
                     bool adjoint, T* out, const ParallelFor& parallel_for);

@@ -586,6 +586,12 @@ int CheckSingularKernels() {
 }
 
 int Main(bool quick) {
+  const CpuPathChoice& cpu_path = ChosenCpuPath();
+  if (!cpu_path.error.empty()) {
+    std::printf("%s\n", cpu_path.error.c_str());
+    return 2;
+  }
+  std::printf("CPU core path: %s\n", cpu_path.name.c_str());  // the one compared against
   int failures = (quick ? 0 : CheckPlans()) + CheckSingularKernels();
   const std::vector<Case> cases = Cases(quick);
   Totals t64, t32;

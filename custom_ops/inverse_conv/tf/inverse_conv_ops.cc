@@ -11,6 +11,7 @@
 #if GOOGLE_CUDA
 #include "custom_ops/inverse_conv/core/inverse_conv_gpu.h"
 #endif
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -69,6 +70,12 @@ Status SingularKernelError(int64_t channel) {
                          " is zero (or NaN), so the causal convolution has no inverse");
 }
 
+// The CPU path the solve runs (baseline, avx2, ...), or why the requested one cannot run.
+Status CpuPathStatus() {
+  const std::string& error = ChosenCpuPath().error;
+  return error.empty() ? ::tensorflow::OkStatus() : InvalidArgument(error);
+}
+
 // One launcher per device, so the op class below is written once.
 template <typename Device, typename T>
 struct SolveLauncher;
@@ -79,6 +86,7 @@ struct SolveLauncher<CpuDevice, T> {
                     Corner corner, bool adjoint, T* out) {
     const int64_t singular = FindSingularChannel(shape, kernel);
     if (singular >= 0) return SingularKernelError(singular);
+    TF_RETURN_IF_ERROR(CpuPathStatus());
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     ParallelFor parallel_for = [pool](int64_t total, int64_t cost,
                                       const std::function<void(int64_t, int64_t)>& fn) {
@@ -148,7 +156,26 @@ class InverseCausalConv2DOp : public OpKernel {
   bool adjoint_ = false;
 };
 
+// Reports the CPU path as a string scalar, so Python and tests can see which code ran.
+class CpuPathOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    OP_REQUIRES_OK(ctx, CpuPathStatus());
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ::tensorflow::TensorShape({}), &out));
+    out->scalar<::tensorflow::tstring>()() = ChosenCpuPath().name;
+  }
+};
+
 }  // namespace
+
+REGISTER_OP("TfInvConv>CpuPath")
+    .Output("path: string")
+    .SetShapeFn(shape_inference::ScalarShape)
+    .Doc("The instruction set the CPU solve runs: TFINVCONV_CPU_PATH, or the widest this CPU has.");
+REGISTER_KERNEL_BUILDER(Name("TfInvConv>CpuPath").Device(::tensorflow::DEVICE_CPU), CpuPathOp);
 
 REGISTER_OP("TfInvConv>InverseCausalConv2D")
     .Input("rhs: T")
