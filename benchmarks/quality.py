@@ -25,6 +25,7 @@ import tf_keras
 from benchmarks.bench_glow_vs_tfp import TfpGlow, count
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import MIXERS
+from train import baseline
 from train import data
 from train.trainer import WarmupSchedule
 
@@ -146,7 +147,9 @@ def run_dataset(dataset, setting, seeds, log, progress=lambda result: None):
                  "sample_64_ms": float(np.median([r["sample_64_ms"] for r in runs]))})
     result = {"dataset": dataset, "setting": setting, "train_images": len(train_images),
               "test_images": len(test_images), "image_shape": list(image_shape),
-              "reference_params": target, "rows": rows}
+              "reference_params": target, "rows": rows,
+              "baseline_bits_per_dim": baseline.histogram_bits_per_dim(
+                  train_images, test_images, setting["n_bins"])}
     progress(result)
   return result
 
@@ -165,7 +168,8 @@ def markdown(result, command):
            f"{s['levels']} levels x {s['depth']} steps, affine coupling, batch {s['batch']}, "
            f"{s['steps']} Adam steps (peak {s['learning_rate']}, {s['warmup']} warm-up), "
            f"parameters matched to within {TOLERANCE:.0%} of inverse_conv at width "
-           f"{s['hidden']} ({result['reference_params']:,}).", "",
+           f"{s['hidden']} ({result['reference_params']:,}). Per-pixel histogram baseline: "
+           f"{result['baseline_bits_per_dim']:.3f} bits/dim.", "",
            "| model | width | params | test bits/dim (mean ± std) | per seed | diverged | "
            "train step (ms) | sample 64 (ms) |", "|---|---|---|---|---|---|---|---|"]
   for r in sorted(result["rows"], key=lambda r: (np.isnan(r["mean"]), r["mean"])):
@@ -190,13 +194,44 @@ def markdown(result, command):
   return "\n".join(lines + ["", f"Command: `{command}`"])
 
 
+def _header():
+  return (f"# Test bits/dim by mixer, mean ± std over seeds ({os.cpu_count()} CPU cores, TF "
+          f"{tf.__version__})\n\n")
+
+
+def merge(paths):
+  """One quality.{json,md} from the results of separate runs (e.g. one per dataset)."""
+  runs = []
+  for path in paths:
+    with open(path) as f:
+      runs.append(json.load(f))
+  results = [r for run in runs for r in run["results"]]
+  for r in results:  # runs from before the baseline was recorded
+    if "baseline_bits_per_dim" not in r:
+      size = r["setting"]["image_size"]
+      r["baseline_bits_per_dim"] = baseline.histogram_bits_per_dim(
+          images_of(r["dataset"], "train", size), images_of(r["dataset"], "test", size),
+          r["setting"]["n_bins"])
+  text = "\n\n".join(markdown(r, run["command"]) for run in runs for r in run["results"])
+  header = _header()
+  with open(os.path.join(RESULTS, "quality.json"), "w") as f:
+    json.dump({"command": " && ".join(run["command"] for run in runs), "results": results},
+              f, indent=1)
+  with open(os.path.join(RESULTS, "quality.md"), "w") as f:
+    f.write(header + text + "\n")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--datasets", default="digits,photo_patches")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=0, help="0: each dataset's default")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
+  parser.add_argument("--merge", nargs="+", metavar="JSON",
+                      help="only merge the quality.json files of separate runs into one")
   args = parser.parse_args(argv)
+  if args.merge:
+    return merge(args.merge)
   unknown = [d for d in args.datasets.split(",") if d not in SETTINGS]
   if unknown or args.seeds < 1 or args.steps < 0:
     parser.error(f"--datasets takes {', '.join(SETTINGS)} (got {unknown or args.datasets}); "
@@ -208,8 +243,7 @@ def main(argv=None):
   def write(partial):  # after every model, so an interrupted run keeps what it measured
     done = results + [partial]
     text = "\n\n".join(markdown(r, command.strip()) for r in done)
-    header = (f"# Test bits/dim by mixer, mean ± std over seeds ({os.cpu_count()} CPU "
-              f"cores, TF {tf.__version__})\n\n")
+    header = _header()
     if args.quick:
       return header + text
     os.makedirs(RESULTS, exist_ok=True)

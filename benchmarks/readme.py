@@ -66,9 +66,11 @@ def quality():
   lines = ["| data | model | parameters | test bits/dim (mean ± std, "
            f"{len(results['results'][0]['rows'][0]['runs'])} seeds) |", "|---|---|---|---|"]
   for dataset in results["results"]:
-    for r in sorted(dataset["rows"], key=lambda r: r["mean"]):
+    for r in sorted(dataset["rows"], key=lambda r: (r["mean"] != r["mean"], r["mean"])):
       lines.append(f"| {dataset['dataset']} | {r['model']} | {r['params']:,} | "
                    f"{r['mean']:.3f} ± {r['std']:.3f} |")
+    lines.append(f"| {dataset['dataset']} | per-pixel histogram (baseline) | — | "
+                 f"{dataset['baseline_bits_per_dim']:.3f} |")
   return "\n".join(lines)
 
 
