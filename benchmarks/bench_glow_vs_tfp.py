@@ -1,6 +1,6 @@
 """Our Glow (mixer "1x1" and "inverse_conv") next to tfp.bijectors.Glow on real data.
 
-    .venv/bin/python benchmarks/bench_glow_vs_tfp.py [--steps N] [--quick]
+    .venv/bin/python -m benchmarks.bench_glow_vs_tfp [--steps N] [--quick]
 
 All three train on scikit-learn's bundled 8x8 digits (1,500 train / 297 test images, upsampled
 to 16x16 nearest-neighbour so three levels fit) with the same architecture where the libraries
@@ -11,7 +11,6 @@ by model, in one process. Writes benchmarks/results/glow_vs_tfp.{json,md}.
 """
 
 import argparse
-import json
 import math
 import os
 import time
@@ -22,11 +21,11 @@ import tensorflow_probability as tfp
 import tf_keras
 from sklearn.datasets import load_digits
 
+from benchmarks import write_results
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import dequantize
 
 tfb, tfd = tfp.bijectors, tfp.distributions
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def load_data():
@@ -72,6 +71,18 @@ class TfpGlow:
     return self.distribution.sample(n)
 
 
+def train_step_fn(model, optimizer):
+  """One compiled maximum-likelihood step of a model with `bits_per_dim` (ours or TfpGlow)."""
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(model.bits_per_dim(images))
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+  return step
+
+
 def count(variables):
   return int(sum(np.prod(v.shape) for v in variables))
 
@@ -96,19 +107,7 @@ def main():
   data = iter(tf.data.Dataset.from_tensor_slices(train).shuffle(1500, seed=0).repeat()
               .batch(batch, drop_remainder=True))
 
-  def make_step(name):
-    model, optimizer = models[name], optimizers[name]
-
-    @tf.function
-    def step(images):
-      with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(model.bits_per_dim(images))
-      variables = model.trainable_variables
-      optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-      return loss
-    return step
-
-  steps_fns = {name: make_step(name) for name in models}
+  steps_fns = {name: train_step_fn(models[name], optimizers[name]) for name in models}
   samplers = {name: tf.function(lambda n=100, m=models[name]: m.sample(n)) for name in models}
   first = next(data)
   for name in models:  # trace, initialise ActNorm on a real batch, warm up
@@ -171,11 +170,7 @@ def main():
   table = "\n".join(lines)
   print(table)
   if not args.quick:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "glow_vs_tfp.json"), "w") as f:
-      json.dump({"config": config, "rows": rows, "ratios": ratios}, f, indent=1)
-    with open(os.path.join(RESULTS, "glow_vs_tfp.md"), "w") as f:
-      f.write(table + "\n")
+    write_results("glow_vs_tfp", {"config": config, "rows": rows, "ratios": ratios}, table)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ benchmarks/results/ops_cpu.{json,md}.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -16,9 +15,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import write_results
 from tfinvconv import ops
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DENSE_LIMIT = 12288  # largest H*W*C whose dense triangular matrix (float32, 600 MB) we build
 
 
@@ -150,11 +149,7 @@ def main(argv=None):
   table = markdown(rows, meta)
   print(table)
   if not args.quick:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "ops_cpu.json"), "w") as f:
-      json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, "ops_cpu.md"), "w") as f:
-      f.write(table + "\n")
+    write_results("ops_cpu", {"meta": meta, "rows": rows}, table)
 
 
 if __name__ == "__main__":

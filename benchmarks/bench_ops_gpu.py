@@ -16,7 +16,6 @@ benchmarks/results/ops_gpu.{md,json}.
 
 import argparse
 import ctypes
-import json
 import os
 import statistics
 import sys
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import write_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = os.path.join(ROOT, "build", "gpu_bench", "libtfinvconv_core.so")
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 GLOW = [(64, 32, 12, 3), (64, 16, 24, 3), (64, 8, 48, 3)]  # CIFAR-10 levels, batch 64 per GPU
 TABLE7 = [(100, size, 12, 3) for size in (16, 32, 64, 128, 256)]
@@ -269,11 +269,8 @@ def main():
       print(markdown([row], device, args.repeats).splitlines()[-1], flush=True)
   text = markdown(rows, device, args.repeats)
   print(text)
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, "ops_gpu.md"), "w") as f:
-    f.write("# Causal solve on the GPU vs cuDNN (measured by `make gpu-bench`)\n\n" + text + "\n")
-  with open(os.path.join(RESULTS, "ops_gpu.json"), "w") as f:
-    json.dump({"device": device, "repeats": args.repeats, "rows": rows}, f, indent=1)
+  write_results("ops_gpu", {"device": device, "repeats": args.repeats, "rows": rows},
+                "# Causal solve on the GPU vs cuDNN (measured by `make gpu-bench`)\n\n" + text)
   missed = [r for r in rows if r["set"] == "Glow CIFAR-10" and r["solve_ratio"] > GLOW_TARGET]
   if missed:
     print(f"{len(missed)} Glow shape(s) above the {GLOW_TARGET}x target")

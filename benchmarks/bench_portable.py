@@ -13,12 +13,13 @@ Writes benchmarks/results/ops_cpu_portable.{json,md} (not with --quick).
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+
+from benchmarks import write_results
 
 SHAPES = [(16, size, channels, "float32") for size in (16, 32, 64) for channels in (12, 48)] + [
     (16, 32, 12, "float64"), (16, 32, 48, "float64")]
@@ -96,7 +97,7 @@ def main(argv=None):
     if "=" not in spec or not os.path.exists(spec.split("=", 1)[1]):
       parser.error(f"--library {spec}: expected NAME=PATH of an existing library")
   # Only here: bench_ops imports tfinvconv, which registers the op (a worker must not).
-  from benchmarks.bench_ops import RESULTS, _cpu_name  # pylint: disable=g-import-not-at-top
+  from benchmarks.bench_ops import _cpu_name  # pylint: disable=g-import-not-at-top
   workers = [_start(spec) for spec in args.library]
   names = [name for name, _, _ in workers]
   paths = {name: path for name, _, path in workers}
@@ -124,10 +125,7 @@ def main(argv=None):
   table = markdown(names, paths, rows, meta)
   print(table)
   if not args.quick:
-    with open(os.path.join(RESULTS, "ops_cpu_portable.json"), "w") as f:
-      json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, "ops_cpu_portable.md"), "w") as f:
-      f.write(table + "\n")
+    write_results("ops_cpu_portable", {"meta": meta, "rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks.bench_glow_vs_tfp import TfpGlow, count
+from benchmarks import write_results
+from benchmarks.bench_glow_vs_tfp import TfpGlow, count, train_step_fn
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import MIXERS
 from train import baseline
 from train import data
 from train.trainer import WarmupSchedule
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MODELS = ("inverse_conv", "1x1", "finc", "emerging", "nxn", "tfp_glow")  # most asked first
 assert set(MODELS) == set(MIXERS) | {"tfp_glow"}
 TOLERANCE = 0.05  # parameter counts within 5 % of the reference
@@ -82,14 +82,7 @@ def train_and_measure(model, train_images, test_images, setting, seed):
     model.initialize(first)
   optimizer = tf_keras.optimizers.Adam(WarmupSchedule(setting["learning_rate"],
                                                       setting["warmup"]))
-
-  @tf.function
-  def step(images):
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(model.bits_per_dim(images))
-    variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
+  step = train_step_fn(model, optimizer)
 
   times, diverged_at, loss = [], None, float("nan")
   for i in range(setting["steps"]):
@@ -214,11 +207,8 @@ def merge(paths):
           r["setting"]["n_bins"])
   text = "\n\n".join(markdown(r, run["command"]) for run in runs for r in run["results"])
   header = _header()
-  with open(os.path.join(RESULTS, "quality.json"), "w") as f:
-    json.dump({"command": " && ".join(run["command"] for run in runs), "results": results},
-              f, indent=1)
-  with open(os.path.join(RESULTS, "quality.md"), "w") as f:
-    f.write(header + text + "\n")
+  write_results("quality", {"command": " && ".join(run["command"] for run in runs),
+                            "results": results}, header + text)
 
 
 def main(argv=None):
@@ -246,11 +236,7 @@ def main(argv=None):
     header = _header()
     if args.quick:
       return header + text
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "quality.json"), "w") as f:
-      json.dump({"command": command.strip(), "results": done}, f, indent=1)
-    with open(os.path.join(RESULTS, "quality.md"), "w") as f:
-      f.write(header + text + "\n")
+    write_results("quality", {"command": command.strip(), "results": done}, header + text)
     return header + text
 
   for dataset in args.datasets.split(","):
