@@ -44,12 +44,15 @@ SETTINGS = {
 QUICK = dict(depth=1, hidden=16, steps=4, warmup=2)
 
 
-def build(name, image_shape, setting, hidden, seed):
+def build(name, image_shape, setting, hidden, seed, count_only=False):
+  """A fresh model. tfp's Glow creates its variables, and initialises its ActNorms from the
+  data, on its first call: only a model built to be counted is called here (on zeros)."""
   tf_keras.utils.set_random_seed(seed)
   if name == "tfp_glow":
     model = TfpGlow(image_shape, setting["levels"], setting["depth"], hidden,
                     n_bins=setting["n_bins"], seed=seed)
-    model.log_prob(tf.zeros((1,) + tuple(image_shape)))  # creates its variables
+    if count_only:
+      model.log_prob(tf.zeros((1,) + tuple(image_shape)))
     return model
   return Glow(image_shape, setting["levels"], setting["depth"], hidden, mixer=name,
               n_bins=setting["n_bins"], seed=seed)
@@ -61,7 +64,8 @@ def matched_width(name, image_shape, setting, target):
 
   def params(hidden):
     if hidden not in counts:
-      counts[hidden] = count(build(name, image_shape, setting, hidden, 0).trainable_variables)
+      counts[hidden] = count(build(name, image_shape, setting, hidden, 0,
+                                   count_only=True).trainable_variables)
     return counts[hidden]
 
   low, high = setting["hidden"] // 3, 3 * setting["hidden"]
@@ -80,6 +84,8 @@ def train_and_measure(model, train_images, test_images, setting, seed):
   first = next(batches)
   if isinstance(model, Glow):
     model.initialize(first)
+  else:  # tfp's Glow: its first call initialises its ActNorms, so make it a real batch
+    model.log_prob(model.preprocess(first))
   optimizer = tf_keras.optimizers.Adam(WarmupSchedule(setting["learning_rate"],
                                                       setting["warmup"]))
   step = train_step_fn(model, optimizer)
@@ -114,7 +120,7 @@ def images_of(dataset, split, image_size):
   return np.concatenate([b.numpy() for b in source.images().batch(1000)])
 
 
-def run_dataset(dataset, setting, seeds, log, progress=lambda result: None):
+def run_dataset(dataset, setting, seeds, log, progress=lambda result: None, models=MODELS):
   """Every model on one dataset; `progress` gets the partial result after each model."""
   train_images = images_of(dataset, "train", setting["image_size"])
   test_images = images_of(dataset, "test", setting["image_size"])
@@ -122,7 +128,7 @@ def run_dataset(dataset, setting, seeds, log, progress=lambda result: None):
   target = count(build("inverse_conv", image_shape, setting, setting["hidden"],
                        0).trainable_variables)
   rows = []
-  for name in MODELS:
+  for name in models:
     hidden, params = matched_width(name, image_shape, setting, target)
     if abs(params / target - 1) > TOLERANCE:
       raise RuntimeError(f"{name}: no coupling width gives {target:,} parameters within "
@@ -198,17 +204,27 @@ def merge(paths):
   for path in paths:
     with open(path) as f:
       runs.append(json.load(f))
-  results = [r for run in runs for r in run["results"]]
+  by_dataset = {}
+  for run in runs:
+    for r in run["results"]:
+      if r["dataset"] in by_dataset:  # same dataset and setting: later rows replace a model's
+        if r["setting"] != by_dataset[r["dataset"]]["setting"]:
+          raise ValueError(f"{r['dataset']}: the runs to merge used different settings")
+        rows = {row["model"]: row for row in by_dataset[r["dataset"]]["rows"] + r["rows"]}
+        by_dataset[r["dataset"]]["rows"] = [rows[m] for m in MODELS if m in rows]
+      else:
+        by_dataset[r["dataset"]] = r
+  results = list(by_dataset.values())
   for r in results:  # runs from before the baseline was recorded
     if "baseline_bits_per_dim" not in r:
       size = r["setting"]["image_size"]
       r["baseline_bits_per_dim"] = baseline.histogram_bits_per_dim(
           images_of(r["dataset"], "train", size), images_of(r["dataset"], "test", size),
           r["setting"]["n_bins"])
-  text = "\n\n".join(markdown(r, run["command"]) for run in runs for r in run["results"])
+  command = " && ".join(run["command"] for run in runs)
+  text = "\n\n".join(markdown(r, command) for r in results)
   header = _header()
-  write_results("quality", {"command": " && ".join(run["command"] for run in runs),
-                            "results": results}, header + text)
+  write_results("quality", {"command": command, "results": results}, header + text)
 
 
 def main(argv=None):
@@ -217,15 +233,17 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=0, help="0: each dataset's default")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
+  parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--merge", nargs="+", metavar="JSON",
                       help="only merge the quality.json files of separate runs into one")
   args = parser.parse_args(argv)
   if args.merge:
     return merge(args.merge)
   unknown = [d for d in args.datasets.split(",") if d not in SETTINGS]
+  unknown += [m for m in args.models.split(",") if m not in MODELS]
   if unknown or args.seeds < 1 or args.steps < 0:
-    parser.error(f"--datasets takes {', '.join(SETTINGS)} (got {unknown or args.datasets}); "
-                 "--seeds >= 1, --steps >= 0")
+    parser.error(f"--datasets takes {', '.join(SETTINGS)}, --models {', '.join(MODELS)} (got "
+                 f"{unknown}); --seeds >= 1, --steps >= 0")
   command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else
                                                         sys.argv[1:])
   results = []
@@ -243,7 +261,8 @@ def main(argv=None):
     setting = dict(SETTINGS[dataset], **(QUICK if args.quick else {}))
     if args.steps:
       setting["steps"] = args.steps
-    results.append(run_dataset(dataset, setting, args.seeds, print, write))
+    results.append(run_dataset(dataset, setting, args.seeds, print, write,
+                               args.models.split(",")))
   print(write(results.pop()))
 
 
