@@ -1,6 +1,6 @@
 """Op-level benchmark: forward causal conv vs its inverse (compiled op, TF path, dense solve).
 
-    .venv/bin/python benchmarks/bench_ops.py [--quick] [--repeats N]
+    .venv/bin/python -m benchmarks.bench_ops [--quick] [--repeats N]
 
 Every row's columns are measured side by side in one process, interleaved call by call (this
 machine is noisy), as medians over repeats after warm-up; the ratios are what to read. Writes
