@@ -14,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfinvconv import bijectors as tib
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import check_bins as glow_check_bins
 from train import baseline
@@ -188,11 +187,11 @@ def _run(config, signals):
     engine.prepare_model(model)
     peak = config.learning_rate * (engine.replicas if config.scale_lr else 1)
     schedule = WarmupSchedule(peak, config.warmup_epochs * steps_per_epoch)
-    optimizer = tf_keras.optimizers.Adam(schedule)
-    if model.computes_in_float16():  # wrapped here so checkpoints keep the loss scale
-      optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=tf_keras.optimizers.Adam(schedule))
+    # The optimizer compile settled on (under mixed_float16 a LossScaleOptimizer): the one the
+    # checkpoint holds, with its loss scale.
+    optimizer = model.optimizer
     optimizer.build(model.trainable_variables)  # slots exist now: restorable and broadcastable
-    model.compile(optimizer=optimizer)
   log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
       f"{model.count_params():,} parameters; {steps_per_epoch} steps/epoch; run folder "
       f"{os.path.abspath(run_dir)}")
@@ -308,7 +307,7 @@ def _run(config, signals):
       "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
       "images_per_sec": progress.images_per_second,
       "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
-      "replicas": engine.replicas, "coupling_compute_dtype": _coupling_dtype(model),
+      "replicas": engine.replicas, "coupling_compute_dtype": model.coupling_compute_dtype(),
       "loss_scale": (float(optimizer.loss_scale)
                      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
                      else None),
@@ -394,12 +393,6 @@ def _write_rank_summary(run_dir, engine, model, history):
   with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=1)
   os.replace(path + ".tmp", path)
-
-
-def _coupling_dtype(model):
-  """What the coupling networks really compute in (from the model, not the flag)."""
-  return next(layer.compute_dtype.name for level in model.steps for layer in level
-              if isinstance(layer, tib.AffineCoupling))
 
 
 def _evaluate(model, test_data):

@@ -84,8 +84,9 @@ class Glow(tf_keras.Model):
   2**n_bits; e.g. 17 for data with 17 levels, so that no bin is empty), scaled to [-0.5, 0.5)
   and dequantised with uniform noise of one bin, or (`dequantization="variational"`) with noise
   from a learned q(u | x) whose log-density the bound subtracts (docs/quality.md);
-  `bits_per_dim(images)` accounts for the bin width, so the numbers compare with the papers'. `log_prob(x)`, `encode(x)`, `decode(latents)`
-  and `sample(n)` work on the continuous scaled data x. The latents are the standardised noises
+  `bits_per_dim(images)` accounts for the bin width, so the numbers compare with the papers'.
+  `log_prob(x)`, `encode(x)`, `decode(latents)` and `sample(n)` work on the continuous scaled
+  data x. The latents are the standardised noises
   of every prior (finest level first), so `sample(n, temperature)` is `decode` of scaled
   standard normal noise and `decode(encode(x))` reconstructs x exactly.
 
@@ -354,10 +355,14 @@ class Glow(tf_keras.Model):
     return (self.mixer in ("inverse_conv", "finc", "emerging") and
             self.implementation != "tf")
 
+  def coupling_compute_dtype(self):
+    """What the coupling networks compute in ("float32", or the mixed policy's low dtype they
+    were built under)."""
+    return next(layer.compute_dtype.name for level in self.steps for layer in level
+                if isinstance(layer, tib.AffineCoupling))
+
   def computes_in_float16(self):
-    """True when the coupling networks were built under mixed_float16."""
-    return any(layer.compute_dtype == tf.float16 for level in self.steps for layer in level
-               if isinstance(layer, tib.AffineCoupling))
+    return self.coupling_compute_dtype() == "float16"
 
   def compile(self, optimizer="rmsprop", *args, jit_compile=None, **kwargs):
     if jit_compile is None:
@@ -425,11 +430,9 @@ class Glow(tf_keras.Model):
       bad_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                 1.0 - tf.cast(finite, tf.float32))
       finite = tf.equal(bad_replicas, 0.0)
-    if loss_scaling:
-      self.optimizer.apply_gradients(zip(gradients, variables))
-      skipped = 1 - tf.cast(finite, tf.int64)
-    elif under_strategy:
-      gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    if loss_scaling or under_strategy:
+      if not loss_scaling:  # the loss-scale optimizer skips non-finite steps itself
+        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
       self.optimizer.apply_gradients(zip(gradients, variables))
       skipped = 1 - tf.cast(finite, tf.int64)
     else:
