@@ -45,31 +45,30 @@ train: setup
 demo: setup
 	$(PY) examples/invert_layer.py
 
-# Horovod 0.28.1 (its last release) for this TensorFlow, CPU/Gloo build (docs/multi_gpu.md):
-# unpatched it only builds against TF <= 2.18; its XLA file includes headers TF
-# 2.21 no longer ships, and everything in that file past the includes is GPU-only, so the
-# file's guard is extended to require HAVE_GPU. The wheel is cached in build/wheels.
+# Horovod 0.28.1 (its last release) for this TensorFlow and tf_keras, CPU/Gloo build
+# (docs/multi_gpu.md): tools/patch_horovod.py says what it changes and why. The wheel is cached
+# in build/wheels/<hash of the patch script>, so a changed patch rebuilds it.
 horovod: $(HOROVOD)
 
-$(HOROVOD): $(OP_LIBRARY)
-	mkdir -p build/horovod build/wheels
-	if ! ls build/wheels/horovod-$(HOROVOD_VERSION)-*.whl >/dev/null 2>&1; then \
+HOROVOD_PATCH := tools/patch_horovod.py
+HOROVOD_WHEELS = build/wheels/horovod-$(HOROVOD_VERSION)-$(shell sha1sum $(HOROVOD_PATCH) | cut -c1-10)
+
+$(HOROVOD): $(OP_LIBRARY) $(HOROVOD_PATCH)
+	mkdir -p build/horovod $(HOROVOD_WHEELS)
+	if ! ls $(HOROVOD_WHEELS)/horovod-$(HOROVOD_VERSION)-*.whl >/dev/null 2>&1; then \
 	  rm -rf build/horovod/* && \
 	  $(PY) -m pip download -q --no-deps --no-binary :all: horovod==$(HOROVOD_VERSION) \
 	    -d build/horovod && \
 	  tar xzf build/horovod/horovod-$(HOROVOD_VERSION).tar.gz -C build/horovod && \
-	  sed -i 's/^#if TENSORFLOW_VERSION >= 2006000000$$/#if TENSORFLOW_VERSION >= 2006000000 \&\& HAVE_GPU/' \
-	    build/horovod/horovod-$(HOROVOD_VERSION)/horovod/tensorflow/xla_mpi_ops.cc && \
-	  grep -q "2006000000 && HAVE_GPU" \
-	    build/horovod/horovod-$(HOROVOD_VERSION)/horovod/tensorflow/xla_mpi_ops.cc && \
+	  $(PY) $(HOROVOD_PATCH) build/horovod/horovod-$(HOROVOD_VERSION) && \
 	  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS=-j2 \
 	  $(PY) -m pip wheel -q --no-build-isolation --no-deps \
-	    build/horovod/horovod-$(HOROVOD_VERSION) -w build/wheels; \
+	    build/horovod/horovod-$(HOROVOD_VERSION) -w $(HOROVOD_WHEELS); \
 	fi
 	$(PY) -m pip install -q cloudpickle psutil pyyaml packaging
-	$(PY) -m pip install -q --no-deps --force-reinstall build/wheels/horovod-$(HOROVOD_VERSION)-*.whl
-	$(PY) -c "import horovod, horovod.tensorflow as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
+	$(PY) -m pip install -q --no-deps --force-reinstall $(HOROVOD_WHEELS)/horovod-$(HOROVOD_VERSION)-*.whl
+	$(PY) -c "import horovod, horovod.tensorflow.keras as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
 	touch $@
 
 test: setup horovod qemu

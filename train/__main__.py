@@ -61,7 +61,9 @@ CHOICES = {
 def parse(argv):
   from train.trainer import Config  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="digits", choices=sorted(presets.PRESETS))
+  parser.add_argument("--preset", default=None, choices=sorted(presets.PRESETS),
+                      help="default: the preset made for --dataset (digits without one; "
+                           "`images` for a folder or another dataset)")
   for field in dataclasses.fields(Config):
     flag = "--" + field.name.replace("_", "-")
     if field.type == "bool" or isinstance(field.default, bool):
@@ -73,7 +75,14 @@ def parse(argv):
                           help=HELP.get(field.name, f"default from the preset or "
                                                     f"{field.default!r}"))
   args = parser.parse_args(argv)
-  values = {k: v for k, v in presets.PRESETS[args.preset].items() if v is not None}
+  if args.preset is None:
+    args.preset = presets.preset_for(args.dataset)
+    if args.dataset is not None:  # say what it inherits, so that nothing is silent
+      print(f"--dataset {args.dataset} without --preset: using preset {args.preset!r} "
+            f"({presets.describe(args.preset)}); every value has a flag", file=sys.stderr)
+  if not presets.PRESETS[args.preset]["dataset"] and args.dataset is None:
+    parser.error(f"--preset {args.preset} needs --dataset (a folder of images or a TFDS name)")
+  values = {k: v for k, v in presets.PRESETS[args.preset].items() if v is not None and v != ""}
   values.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
   if args.n_bits is not None and args.n_bins is None:
     values["n_bins"] = 0  # --n-bits alone replaces a preset's n_bins

@@ -1,5 +1,6 @@
 """tf_keras callbacks of the training system: metric averaging, run control (checkpoints,
-SIGTERM/SIGINT, the non-finite guard), progress, TensorBoard and sample grids."""
+SIGTERM/SIGINT), the stop after repeated non-finite steps, progress, TensorBoard and sample
+grids. The model they see is a `tfinvconv.training.GuardedTraining` (its `flow` is the Glow)."""
 
 import os
 import signal
@@ -62,43 +63,56 @@ class SignalFlag:
     self._previous.clear()
 
 
+def step_of(trainee):
+  """Steps taken by a `tfinvconv.training.GuardedTraining`."""
+  return int(trainee.counters.step_counter.numpy())
+
+
 class RunControl(tf_keras.callbacks.Callback):
   """Checkpoints every `every` steps; on SIGTERM/SIGINT (seen by any worker) saves and stops
-  every worker at the same step; stops (without saving) after `max_nonfinite` consecutive
-  skipped non-finite steps."""
+  every worker at the same step."""
 
-  def __init__(self, engine, save, every, max_nonfinite, signals):
+  def __init__(self, engine, save, every, signals):
     super().__init__()
-    self.engine, self.save, self.every, self.max_nonfinite = engine, save, every, max_nonfinite
-    self.signals = signals
+    self.engine, self.save, self.every, self.signals = engine, save, every, signals
     self.interrupted = None     # the signal we stopped for
-    self.failure = None         # why training had to stop
-    self._consecutive = 0
-    self._last_nonfinite = None
-
-  def on_train_begin(self, logs=None):
-    self._last_nonfinite = int(self.model.nonfinite_steps.numpy())
+    self.failure = None         # why training had to stop (set by the run)
 
   def on_train_batch_end(self, batch, logs=None):
-    step = int(self.model.step_counter.numpy())
-    nonfinite = int(self.model.nonfinite_steps.numpy())
-    if nonfinite > self._last_nonfinite:
-      self._consecutive += 1
-    else:
-      self._consecutive = 0
-    self._last_nonfinite = nonfinite
-    if self._consecutive >= self.max_nonfinite:
-      self.failure = (f"stopped at step {step}: {self._consecutive} consecutive steps had a "
-                      f"non-finite loss or gradient ({nonfinite} skipped in all); the last "
-                      "checkpoint is intact - lower --learning-rate or check the data")
-      self.model.stop_training = True
+    if self.model.stop_training:  # another callback stopped the run
       return
+    step = step_of(self.model)
     if self.engine.any(self.signals.signum is not None):  # all workers stop at this step
       self.interrupted = self.signals.signum or signal.SIGTERM
       self.save(step)
       self.model.stop_training = True
     elif self.every and step % self.every == 0:
       self.save(step)
+
+
+class NonFiniteStop(tf_keras.callbacks.Callback):
+  """Stops (without saving) after `max_consecutive` consecutive steps that the guarded step
+  skipped as non-finite; `failure` then says why."""
+
+  def __init__(self, max_consecutive):
+    super().__init__()
+    self.max_consecutive = max_consecutive
+    self.failure = None
+    self._consecutive = 0
+    self._last = None
+
+  def on_train_begin(self, logs=None):
+    self._last = int(self.model.counters.nonfinite_steps.numpy())
+
+  def on_train_batch_end(self, batch, logs=None):
+    skipped = int(self.model.counters.nonfinite_steps.numpy())
+    self._consecutive = self._consecutive + 1 if skipped > self._last else 0
+    self._last = skipped
+    if self._consecutive >= self.max_consecutive:
+      self.failure = (f"stopped at step {step_of(self.model)}: {self._consecutive} consecutive "
+                      f"steps had a non-finite loss or gradient ({skipped} skipped in all); "
+                      "the last checkpoint is intact - lower --learning-rate or check the data")
+      self.model.stop_training = True
 
 
 class Progress(tf_keras.callbacks.Callback):
@@ -176,21 +190,22 @@ class Report(tf_keras.callbacks.Callback):
 
   def samples(self, tag):
     """Writes one grid per temperature; returns the PNG paths."""
-    scale = max(1, 32 // self.model.image_shape[0])
+    flow = self.model.flow
+    scale = max(1, 32 // flow.image_shape[0])
     paths = []
     for temperature in TEMPERATURES:
-      x = self.model.sample(self.num_samples, temperature=temperature, seed=self.seed)
-      grid = image_grid(self.model.to_images(x).numpy(), scale)
+      x = flow.sample(self.num_samples, temperature=temperature, seed=self.seed)
+      grid = image_grid(flow.to_images(x).numpy(), scale)
       path = os.path.join(self.run_dir, "samples", f"{tag}_t{temperature:.1f}.png")
       write_png(path, grid)
       with self.writer.as_default():
         tf.summary.image(f"samples/temperature_{temperature:.1f}", grid[None],
-                         step=int(self.model.step_counter.numpy()))
+                         step=step_of(self.model))
       paths.append(path)
     return paths
 
   def on_epoch_end(self, epoch, logs=None):
-    step = int(self.model.step_counter.numpy())
+    step = step_of(self.model)
     learning_rate = self.model.optimizer.learning_rate
     if callable(learning_rate):
       learning_rate = learning_rate(self.model.optimizer.iterations)

@@ -34,8 +34,14 @@ class Engine:
   def scope(self):
     return contextlib.nullcontext()
 
-  def prepare_model(self, model):
-    """Hooks gradient averaging into the model's train_step (nothing to do here)."""
+  def wrap_optimizer(self, optimizer):
+    """The optimizer wrapped the way this engine averages gradients (nothing to do here)."""
+    return optimizer
+
+  @property
+  def saves_on_every_worker(self):
+    """True when every worker must take part in a checkpoint save (the chief's is kept)."""
+    return False
 
   def broadcast_variables(self, variables):
     """Makes every worker hold rank 0's values (after the data-dependent init)."""
@@ -82,7 +88,8 @@ class HorovodEngine(Engine):
     except ImportError as error:
       raise RuntimeError("Horovod is not installed in this environment: run `make horovod` "
                          f"(builds Horovod 0.28.1 for this TensorFlow) ({error})") from error
-    self._hvd = hvd
+    import horovod.tensorflow.keras as hvd_keras  # pylint: disable=g-import-not-at-top
+    self._hvd, self._hvd_keras = hvd, hvd_keras
     hvd.init()
     self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
     gpus = tf.config.list_physical_devices("GPU")
@@ -90,8 +97,10 @@ class HorovodEngine(Engine):
       tf.config.set_visible_devices(gpus[self.local_rank % len(gpus)], "GPU")
       tf.config.experimental.set_memory_growth(gpus[self.local_rank % len(gpus)], True)
 
-  def prepare_model(self, model):
-    model.gradient_tape_wrapper = self._hvd.DistributedGradientTape
+  def wrap_optimizer(self, optimizer):
+    """Horovod's Keras recipe: DistributedOptimizer averages in `compute_gradients`, which the
+    guarded step calls (the patched horovod.tensorflow.keras of `make horovod`: tf_keras)."""
+    return self._hvd_keras.DistributedOptimizer(optimizer)
 
   def broadcast_variables(self, variables):
     self._hvd.broadcast_variables(variables, root_rank=0)
@@ -114,26 +123,11 @@ class HorovodEngine(Engine):
 
 
 class StrategyEngine(Engine):
-  """tf.distribute: "mirrored" (all GPUs of one host) or "multiworker" (TF_CONFIG)."""
+  """What tf.distribute engines share: a strategy scope, Keras' own input distribution."""
 
-  def __init__(self, kind, cpu_replicas=1):
+  def __init__(self, strategy):
     super().__init__()
-    self.name = kind
-    if kind == "mirrored":
-      self.strategy = tf.distribute.MirroredStrategy(_logical_cpus(cpu_replicas))
-    elif kind == "multiworker":
-      if "TF_CONFIG" not in os.environ:
-        raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
-                           "(see README: two workers on 127.0.0.1 ports)")
-      self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
-      config = json.loads(os.environ["TF_CONFIG"])
-      task = config.get("task", {})
-      cluster = config.get("cluster", {})
-      self.size = sum(len(cluster.get(kind_, [])) for kind_ in ("chief", "worker"))
-      self.rank = task.get("index", 0) + (1 if task.get("type") == "worker" and
-                                          "chief" in cluster else 0)
-    else:
-      raise ValueError(f"unknown strategy {kind!r}; choose mirrored or multiworker")
+    self.strategy = strategy
 
   @property
   def replicas(self):
@@ -142,12 +136,53 @@ class StrategyEngine(Engine):
   def scope(self):
     return self.strategy.scope()
 
+  @property
+  def shared_init_batch(self):
+    return True
+
+  def input_batch(self, per_replica):
+    return per_replica * self.replicas  # Keras splits the global batch across replicas
+
+  def distribute(self, dataset):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+class MirroredEngine(StrategyEngine):
+  """--strategy mirrored: one process, every GPU of the host (or `cpu_replicas` logical CPUs).
+  The strategy keeps its copies identical: nothing to broadcast, nothing to average."""
+
+  name = "mirrored"
+
+  def __init__(self, cpu_replicas=1):
+    super().__init__(tf.distribute.MirroredStrategy(_logical_cpus(cpu_replicas)))
+
+
+class MultiWorkerEngine(StrategyEngine):
+  """--strategy multiworker: MultiWorkerMirroredStrategy, workers described by TF_CONFIG."""
+
+  name = "multiworker"
+
+  def __init__(self):
+    if "TF_CONFIG" not in os.environ:
+      raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
+                         "(see README: two workers on 127.0.0.1 ports)")
+    super().__init__(tf.distribute.MultiWorkerMirroredStrategy())
+    config = json.loads(os.environ["TF_CONFIG"])
+    task, cluster = config.get("task", {}), config.get("cluster", {})
+    self.size = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    self.rank = task.get("index", 0) + (1 if task.get("type") == "worker" and
+                                        "chief" in cluster else 0)
+
+  @property
+  def saves_on_every_worker(self):
+    return True
+
   def broadcast_variables(self, variables):
     """Every worker takes the chief's values: after a resume only the chief may have read the
-    checkpoint (other workers may not see its files). Mirrored variables are kept identical by
-    the strategy from then on; one all-reduce carries them all."""
-    if self.name != "multiworker":
-      return  # one process: the strategy's copies are identical already
+    checkpoint (other workers may not see its files). The strategy keeps the copies identical
+    from then on; one all-reduce carries them all."""
     values = [np.asarray(v.numpy()) for v in variables]
     flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in values] or [np.zeros(0)])
     if not self.is_chief:
@@ -158,12 +193,7 @@ class StrategyEngine(Engine):
       variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
       offset += value.size
 
-  def average(self, values):
-    return dict(values)  # Keras already reports the global (all-replica) values
-
   def any(self, flag):
-    if self.name != "multiworker":
-      return bool(flag)  # one process
     # A collective: every worker calls this once per step and all see the same answer.
     return float(self._sum(np.array(1.0 if flag else 0.0))) > 0
 
@@ -171,8 +201,6 @@ class StrategyEngine(Engine):
     """Rank 0's value on every worker. tf.distribute has no object broadcast, so the pickled
     bytes travel as an all-reduce sum to which only the first replica of the chief contributes
     (its length first, so every worker knows the buffer size)."""
-    if self.name != "multiworker":
-      return value  # one process
     payload = np.frombuffer(pickle.dumps(value), np.uint8) if self.is_chief else np.zeros(0)
     length = int(self._sum(np.array([payload.size], np.float64), first_replica_only=True)[0])
     buffer = np.zeros(length, np.float64)
@@ -194,18 +222,6 @@ class StrategyEngine(Engine):
     total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(contribute),
                                  axis=None)
     return total.numpy()
-
-  @property
-  def shared_init_batch(self):
-    return True
-
-  def input_batch(self, per_replica):
-    return per_replica * self.replicas  # Keras splits the global batch across replicas
-
-  def distribute(self, dataset):
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
 
 
 def _logical_cpus(count):
@@ -231,8 +247,12 @@ def launched_by_horovod():
 
 def make_engine(strategy=None, cpu_replicas=1):
   """Horovod when launched by horovodrun/mpirun, tf.distribute when asked, else one process."""
+  if strategy == "mirrored":
+    return MirroredEngine(cpu_replicas)
+  if strategy == "multiworker":
+    return MultiWorkerEngine()
   if strategy:
-    return StrategyEngine(strategy, cpu_replicas)
+    raise ValueError(f"unknown strategy {strategy!r}; choose mirrored or multiworker")
   if launched_by_horovod():
     return HorovodEngine()
   return Engine()

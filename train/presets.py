@@ -13,6 +13,9 @@ pays for the density it spreads over them (up to log2(256/17) = 3.9 bits/dim; 0.
 measured, 6.0 bits/dim at 8 bits and 3.0 at 5 bits against 2.30 at 17 bins (docs/quality.md).
 40 epochs: the test bits/dim flattens at 30-60 epochs and rises after (1,500 training images
 are memorised). `photo_patches` is the same model on 16x16 crops of scikit-learn's two photos.
+`images` is for a folder of images (or any other dataset): 8-bit data (256 bins), 32x32, and a
+Glow of moderate size; a run that names no preset gets the preset of its --dataset
+(`preset_for`), never the digits' settings.
 """
 
 PRESETS = {
@@ -41,3 +44,26 @@ PRESETS = {
                       learning_rate=1e-3, warmup_epochs=10, epochs=1000, steps_per_epoch=None,
                       kernel_size=3),
 }
+PRESETS["images"] = dict(dataset="", image_size=32, num_levels=3, depth=16, hidden_channels=256,
+                         coupling="affine", n_bits=8, n_bins=0, batch_size=64,
+                         learning_rate=1e-3, warmup_epochs=1, epochs=100, steps_per_epoch=None,
+                         kernel_size=3)
+
+
+def preset_for(dataset):
+  """The preset of a --dataset given without --preset: the one made for it, else `images`."""
+  if dataset is None:
+    return "digits"
+  for name, preset in PRESETS.items():
+    if preset["dataset"] == dataset:
+      return name
+  return "images"
+
+
+def describe(name):
+  """A preset's settings in one line, as a run that inherited them says."""
+  preset = PRESETS[name]
+  bins = preset.get("n_bins") or 2 ** preset["n_bits"]
+  return (f"{bins} grey levels, {preset['image_size']}x{preset['image_size']}, "
+          f"{preset['num_levels']} levels of depth {preset['depth']}, width "
+          f"{preset['hidden_channels']}, batch {preset['batch_size']}, {preset['epochs']} epochs")

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfinvconv import training
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import check_bins as glow_check_bins
 from train import baseline
@@ -97,6 +98,7 @@ class Config:
     data.check_dataset_name(self.dataset)
 
 
+@tf_keras.saving.register_keras_serializable(package="tfinvconv_train")
 class WarmupSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
   """Linear warm-up to `peak` over `warmup_steps`, then constant (openai/glow)."""
 
@@ -153,149 +155,196 @@ def _claim_run_dir(run_dir, config):
 
 
 def _run(config, signals):
+  """The run in its steps: engine, run folder, data, model, restore or initialise, fit, outputs."""
   engine = distributed.make_engine(config.strategy or None, config.cpu_replicas)
   signals.reclaim()
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
+  run_dir = _claim_on_chief(engine, config)
+  log = print if (engine.is_chief and config.verbose) else (lambda *a, **k: None)
+  splits = _Splits(config, engine)
+  trainee = _build(config, engine, splits)
+  log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
+      f"{trainee.flow.count_params():,} parameters; {splits.steps_per_epoch} steps/epoch; run "
+      f"folder {os.path.abspath(run_dir)}")
+  checkpoints = _Checkpoints(trainee, run_dir, engine)
+  _restore_or_initialise(config, engine, trainee, checkpoints, splits, log)
+  control, progress, report, history = _fit_until_done(config, engine, trainee, checkpoints,
+                                                       splits, signals, run_dir)
+  step = int(trainee.counters.step_counter.numpy())
+  if control.failure:
+    if engine.is_chief:
+      print(f"error: {control.failure}", file=sys.stderr, flush=True)
+    return EXIT_NONFINITE
+  if control.interrupted:
+    log(f"interrupted by signal {control.interrupted} at step {step}: checkpoint saved; "
+        "continue with --resume")
+    return 128 + int(control.interrupted)
+  checkpoints.save(step)
+  test_bpd = engine.average({"bpd": _evaluate(trainee, splits.test_data)})["bpd"]
+  checkpoints.close()
+  _write_rank_summary(run_dir, engine, trainee.flow, history)
+  if engine.is_chief:
+    _write_outputs(config, engine, trainee, splits, run_dir, report, progress, history,
+                   test_bpd, log)
+  return 0
+
+
+def _claim_on_chief(engine, config):
+  """The run folder, claimed by the chief for every worker (they may not see its files)."""
   run_dir = config.folder()
-  chief = engine.is_chief
-  # The chief decides for every worker (they may not see its files).
-  refusal = engine.broadcast_object(_claim_run_dir(run_dir, config) if chief else None)
+  refusal = engine.broadcast_object(_claim_run_dir(run_dir, config) if engine.is_chief
+                                    else None)
   if refusal:
     raise ValueError(refusal)
-  if chief:
+  if engine.is_chief:
     os.makedirs(run_dir, exist_ok=True)
-  log = print if (chief and config.verbose) else (lambda *a, **k: None)
+  return run_dir
 
-  channels = data.image_channels(config.dataset)
-  train_images = data.load_split(config.dataset, "train", config.image_size, channels,
-                                 config.data_dir or None)
-  test_images = data.load_split(config.dataset, "test", config.image_size, channels,
-                                config.data_dir or None)
-  num_shards, shard_index = engine.shard()
-  global_batch = config.batch_size * engine.replicas
-  steps_per_epoch = config.steps_per_epoch or max(1, train_images.count() // global_batch)
-  total_steps = config.epochs * steps_per_epoch
 
+class _Splits:
+  """The run's data: both splits, this worker's shard, batch sizes and the step plan."""
+
+  def __init__(self, config, engine):
+    self.config, self.engine = config, engine
+    self.channels = data.image_channels(config.dataset)
+    load = lambda split: data.load_split(config.dataset, split, config.image_size,
+                                         self.channels, config.data_dir or None)
+    self.train_images, self.test_images = load("train"), load("test")
+    self.num_shards, self.shard_index = engine.shard()
+    self.global_batch = config.batch_size * engine.replicas
+    self.steps_per_epoch = config.steps_per_epoch or max(
+        1, self.train_images.count() // self.global_batch)
+    self.total_steps = config.epochs * self.steps_per_epoch
+    # Data order: Horovod shards first, then each rank shuffles its shard with its own seed;
+    # tf.distribute shards batches afterwards (DATA policy): the same order everywhere.
+    self.seed = (config.seed if engine.shared_init_batch
+                 else distributed.seed_for(engine, config.seed))
+    self.input_batch = engine.input_batch(config.batch_size)
+    self.test_data = engine.distribute(data.pipeline(
+        self.test_images, self.input_batch, self.num_shards, self.shard_index, training=False))
+
+  def training_data(self, skip):
+    """The training stream after `skip` steps' batches."""
+    return self.engine.distribute(data.pipeline(
+        self.train_images, self.input_batch, self.num_shards, self.shard_index, training=True,
+        seed=self.seed, skip_batches=skip))
+
+  def init_batch(self):
+    """ActNorm's first batch. Horovod: each worker its own (rank 0's values are broadcast);
+    tf.distribute: the same batch everywhere (the unsharded stream)."""
+    shared = self.engine.shared_init_batch or self.num_shards == 1
+    stream = data.pipeline(self.train_images, self.config.batch_size, training=True,
+                           seed=self.config.seed, num_shards=1 if shared else self.num_shards,
+                           shard_index=0 if shared else self.shard_index)
+    return next(iter(stream))
+
+
+def _build(config, engine, splits):
+  """The model, wrapped in the guarded step, compiled with the engine's optimizer."""
   with engine.scope():
-    model = Glow((config.image_size, config.image_size, channels), config.num_levels,
+    model = Glow((config.image_size, config.image_size, splits.channels), config.num_levels,
                  config.depth, config.hidden_channels, mixer=config.mixer,
                  kernel_size=config.kernel_size, coupling=config.coupling,
                  n_bits=config.n_bits, n_bins=config.n_bins or None,
                  dequantization=config.dequantization,
                  implementation=config.implementation,
                  seed=distributed.seed_for(engine, config.seed))
-    engine.prepare_model(model)
+    trainee = training.GuardedTraining(model)
     peak = config.learning_rate * (engine.replicas if config.scale_lr else 1)
-    schedule = WarmupSchedule(peak, config.warmup_epochs * steps_per_epoch)
-    model.compile(optimizer=tf_keras.optimizers.Adam(schedule))
-    # The optimizer compile settled on (under mixed_float16 a LossScaleOptimizer): the one the
-    # checkpoint holds, with its loss scale.
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)  # slots exist now: restorable and broadcastable
-  log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
-      f"{model.count_params():,} parameters; {steps_per_epoch} steps/epoch; run folder "
-      f"{os.path.abspath(run_dir)}")
+    schedule = WarmupSchedule(peak, config.warmup_epochs * splits.steps_per_epoch)
+    # compile settles the optimizer (under mixed_float16 a LossScaleOptimizer around it): the
+    # one the checkpoint holds, with its loss scale.
+    trainee.compile(optimizer=engine.wrap_optimizer(tf_keras.optimizers.Adam(schedule)))
+    trainee.optimizer.build(model.trainable_variables)  # slots exist: restorable, broadcastable
+  return trainee
 
-  # Checkpoints: rank 0 writes; other multi-worker replicas must join the save, into scratch.
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  checkpoint_dir = os.path.join(run_dir, "checkpoints")
-  scratch = None
-  if not chief and engine.name == "multiworker":
-    scratch = tempfile.mkdtemp(prefix="tfinvconv-worker-")
-  manager = None
-  if chief or scratch:
-    manager = tf.train.CheckpointManager(checkpoint, scratch or checkpoint_dir, max_to_keep=3)
 
-  def save(step):
-    if manager is not None:  # CheckpointManager writes the index last, atomically
-      manager.save(checkpoint_number=step)
+class _Checkpoints:
+  """Rank 0 writes checkpoints; other multi-worker replicas must join each save, into scratch."""
 
-  # Rank 0 decides whether to resume (other ranks may not see its files); the engine then
-  # broadcasts rank 0's restored weights and optimizer state.
-  latest = _readable_checkpoint(checkpoint_dir) if (config.resume and chief) else None
+  def __init__(self, trainee, run_dir, engine):
+    self.trainee = trainee
+    self.directory = os.path.join(run_dir, "checkpoints")
+    self.scratch = None
+    if engine.saves_on_every_worker and not engine.is_chief:
+      self.scratch = tempfile.mkdtemp(prefix="tfinvconv-worker-")
+    self.manager = None
+    if engine.is_chief or self.scratch:
+      self.manager = tf.train.CheckpointManager(trainee.checkpoint(),
+                                                self.scratch or self.directory, max_to_keep=3)
+
+  def save(self, step):
+    if self.manager is not None:  # CheckpointManager writes the index last, atomically
+      self.manager.save(checkpoint_number=step)
+
+  def close(self):
+    if self.scratch:
+      shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _restore_or_initialise(config, engine, trainee, checkpoints, splits, log):
+  """Rank 0 decides whether to resume (other ranks may not see its files) and the engine
+  broadcasts its restored state; a new run initialises ActNorm from data instead."""
+  model, optimizer = trainee.flow, trainee.optimizer
+  latest = (_readable_checkpoint(checkpoints.directory) if (config.resume and engine.is_chief)
+            else None)
   latest = engine.broadcast_object(latest)
   if config.resume and latest is None:
     log("--resume: no checkpoint yet, starting from scratch")
   if latest:
     if os.path.exists(latest + ".index"):
-      _restore(checkpoint, optimizer, latest)
-    engine.broadcast_variables(model.variables + optimizer.variables)
-    log(f"resumed from {latest} at step {int(model.step_counter.numpy())}")
+      _restore(trainee, latest)
+    engine.broadcast_variables(model.variables + optimizer.variables +
+                               list(trainee.counters.variables))
+    log(f"resumed from {latest} at step {int(trainee.counters.step_counter.numpy())}")
   else:
-    # Data-dependent init on a real batch. Horovod: each worker its own, then rank 0's values
-    # are broadcast. tf.distribute: every worker uses the same batch (the unsharded stream).
-    shared = engine.shared_init_batch or num_shards == 1
-    init_source = data.pipeline(train_images, config.batch_size, training=True,
-                                seed=config.seed, num_shards=1 if shared else num_shards,
-                                shard_index=0 if shared else shard_index)
-    model.initialize(next(iter(init_source)))
+    model.initialize(splits.init_batch())
     engine.broadcast_variables(model.variables)
-  start_step = int(model.step_counter.numpy())
 
-  # Data order: Horovod shards first, then each rank shuffles its shard with its own seed;
-  # tf.distribute shards batches afterwards (DATA policy), which needs the same order everywhere.
-  seed = config.seed if engine.shared_init_batch else distributed.seed_for(engine, config.seed)
 
-  input_batch = engine.input_batch(config.batch_size)
-
-  def training_data(skip):
-    return engine.distribute(data.pipeline(train_images, input_batch, num_shards, shard_index,
-                                           training=True, seed=seed, skip_batches=skip))
-
-  test_data = engine.distribute(data.pipeline(test_images, input_batch, num_shards,
-                                              shard_index, training=False))
-
-  control = cb.RunControl(engine, save, config.checkpoint_every, config.max_nonfinite, signals)
-  progress = cb.Progress(steps_per_epoch, config.epochs, global_batch,
-                         show=chief and config.verbose)
-  callbacks = [cb.AverageMetrics(engine), control, progress]
+def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, run_dir):
+  """`fit` until the planned steps are done, a signal stops every worker or the non-finite
+  guard gives up. A resumed run first finishes the epoch it stopped in, so it takes exactly
+  the steps (and data) of an uninterrupted one."""
+  control = cb.RunControl(engine, checkpoints.save, config.checkpoint_every, signals)
+  guard = cb.NonFiniteStop(config.max_nonfinite)
+  progress = cb.Progress(splits.steps_per_epoch, config.epochs, splits.global_batch,
+                         show=engine.is_chief and config.verbose)
+  callbacks = [cb.AverageMetrics(engine), guard, control, progress]
   report = None
-  if chief:
+  if engine.is_chief:
     report = cb.Report(run_dir, config.num_samples, seed=config.seed)
     callbacks.append(report)
-
-  # Resuming mid-epoch: finish that epoch's remaining steps first, so the run takes exactly the
-  # steps (and data) an uninterrupted one would.
   history = {}
-  step = start_step
-  while step < total_steps and not model.stop_training:
-    epoch, done_in_epoch = divmod(step, steps_per_epoch)
-    steps = steps_per_epoch - done_in_epoch
-    fit_epochs = epoch + 1 if done_in_epoch else config.epochs
-    result = model.fit(training_data(step), epochs=fit_epochs, initial_epoch=epoch,
-                       steps_per_epoch=steps, validation_data=test_data,
-                       callbacks=callbacks, verbose=0)
+  step = int(trainee.counters.step_counter.numpy())
+  while step < splits.total_steps and not trainee.stop_training:
+    epoch, done_in_epoch = divmod(step, splits.steps_per_epoch)
+    result = trainee.fit(splits.training_data(step),
+                         epochs=epoch + 1 if done_in_epoch else config.epochs,
+                         initial_epoch=epoch, steps_per_epoch=splits.steps_per_epoch - done_in_epoch,
+                         validation_data=splits.test_data, callbacks=callbacks, verbose=0)
     for key, values in result.history.items():
       history.setdefault(key, []).extend(values)
-    new_step = int(model.step_counter.numpy())
-    if new_step == step or control.interrupted or control.failure:
+    new_step = int(trainee.counters.step_counter.numpy())
+    if new_step == step or control.interrupted or guard.failure:
       break
     step = new_step
-    if step < total_steps and engine.any(signals.signum is not None):  # between two fits
+    if step < splits.total_steps and engine.any(signals.signum is not None):  # between fits
       control.interrupted = signals.signum or signal.SIGTERM
-      save(step)
+      checkpoints.save(step)
       break
+  control.failure = guard.failure
+  return control, progress, report, history
 
-  if control.failure:
-    if chief:
-      print(f"error: {control.failure}", file=sys.stderr, flush=True)
-    return EXIT_NONFINITE
-  step = int(model.step_counter.numpy())
-  if control.interrupted:
-    log(f"interrupted by signal {control.interrupted} at step {step}: checkpoint saved; "
-        "continue with --resume")
-    return 128 + int(control.interrupted)
 
-  save(step)
-  test_bpd = engine.average({"bpd": _evaluate(model, test_data)})["bpd"]
-  if scratch:
-    shutil.rmtree(scratch, ignore_errors=True)
-  _write_rank_summary(run_dir, engine, model, history)
-  if not chief:
-    return 0
+def _write_outputs(config, engine, trainee, splits, run_dir, report, progress, history,
+                   test_bpd, log):
+  """The chief's outputs: final samples, metrics.json beside the per-pixel baseline."""
+  model, optimizer = trainee.flow, trainee.optimizer
+  step = int(trainee.counters.step_counter.numpy())
   sample_paths = report.samples("final")
   baseline_bpd, baseline_train, baseline_test = baseline.source_bits_per_dim(
-      train_images, test_images, model.n_bins)
+      splits.train_images, splits.test_images, model.n_bins)
   metrics = {
       "preset_dataset": config.dataset, "mixer": config.mixer, "steps": step,
       "train_bits_per_dim": (history.get("bits_per_dim") or [float("nan")])[-1],
@@ -306,8 +355,9 @@ def _run(config, signals):
       "params": int(model.count_params()),
       "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
       "images_per_sec": progress.images_per_second,
-      "nonfinite_steps": int(model.nonfinite_steps.numpy()), "workers": engine.size,
-      "replicas": engine.replicas, "coupling_compute_dtype": model.coupling_compute_dtype(),
+      "nonfinite_steps": int(trainee.counters.nonfinite_steps.numpy()),
+      "workers": engine.size, "replicas": engine.replicas,
+      "coupling_compute_dtype": model.coupling_compute_dtype(),
       "loss_scale": (float(optimizer.loss_scale)
                      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
                      else None),
@@ -323,8 +373,7 @@ def _run(config, signals):
       f"  samples:     {os.path.abspath(os.path.dirname(sample_paths[0]))}\n"
       f"  tensorboard: tensorboard --logdir {os.path.abspath(os.path.join(run_dir, 'tensorboard'))}\n"
       f"  metrics:     {os.path.abspath(metrics_path)}\n"
-      f"  checkpoints: {os.path.abspath(checkpoint_dir)}")
-  return 0
+      f"  checkpoints: {os.path.abspath(os.path.join(run_dir, 'checkpoints'))}")
 
 
 def _beats(test_bpd, baseline_bpd):
@@ -333,15 +382,15 @@ def _beats(test_bpd, baseline_bpd):
   return f"WORSE by {test_bpd - baseline_bpd:.4f}: the flow has not learned more than marginals"
 
 
-def _restore(checkpoint, optimizer, prefix):
+def _restore(trainee, prefix):
   """Restores every object of the run. A run saved without float16 loss scaling cannot gain
   it on resume (the model tracks its optimizer, so the missing scale fails the match)."""
   saved = [name for name, _ in tf.train.list_variables(prefix)]
-  if (isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and
+  if (isinstance(trainee.optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and
       not any(name.startswith("optimizer/loss_scale/") for name in saved)):
     raise ValueError(f"--resume: {prefix} was saved without float16 loss scaling; resume it "
                      "with the --mixed-precision it was trained with (none or bfloat16)")
-  checkpoint.restore(prefix).assert_existing_objects_matched()
+  trainee.restore(prefix)
 
 
 def _checkpoint_candidates(checkpoint_dir):
@@ -395,6 +444,6 @@ def _write_rank_summary(run_dir, engine, model, history):
   os.replace(path + ".tmp", path)
 
 
-def _evaluate(model, test_data):
-  result = model.evaluate(test_data, return_dict=True, verbose=0)
+def _evaluate(trainee, test_data):
+  result = trainee.evaluate(test_data, return_dict=True, verbose=0)
   return float(result["bits_per_dim"])

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -9,6 +10,7 @@ import tf_keras
 from tfinvconv import bijectors as tib
 from tfinvconv.bijectors import _image
 from tfinvconv.models import priors
+from tfinvconv.models import workers
 from tfinvconv.models.dequantization import VariationalDequantizer
 
 _LossScaleOptimizer = tf_keras.mixed_precision.LossScaleOptimizer
@@ -69,6 +71,36 @@ def make_mixer(mixer, channels, kernel_size, implementation, dtype, seed):
     return [conv1x1, tib.EmergingConv(channels, kernel_size, implementation=implementation,
                                       dtype=dtype)]
   raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
+
+
+def replicas_in_sync():
+  """Replicas whose gradients a tf.distribute optimizer sums in this step (1 outside one)."""
+  context = tf.distribute.get_replica_context()
+  if tf.distribute.has_strategy() and context is not None:
+    return context.num_replicas_in_sync
+  return 1
+
+
+def compute_gradients(optimizer, loss, variables, tape):
+  """`optimizer`'s own gradients of `loss` (the first half of its `minimize`)."""
+  if hasattr(optimizer, "compute_gradients"):
+    return optimizer.compute_gradients(loss, variables, tape=tape)
+  # tf_keras' legacy optimizers only have the private half their `minimize` calls.
+  return optimizer._compute_gradients(loss, variables, tape=tape)  # pylint: disable=protected-access
+
+
+def _shape_text(shape):
+  height, width, channels = (("?" if v is None else v) for v in shape)
+  return f"{height}x{width} with {channels} channel{'' if channels == 1 else 's'}"
+
+
+def _is_legacy_store(store, expected):
+  """Files written before the training counters left the model end with them: the int64
+  scalars `step_counter` and `nonfinite_steps`, which are dropped on loading."""
+  if len(store.keys()) != expected + 2:
+    return False
+  extra = [store[str(expected)], store[str(expected + 1)]]
+  return all(value.shape == () and value.dtype == "int64" for value in extra)
 
 
 @tf_keras.saving.register_keras_serializable(package="tfinvconv")
@@ -178,16 +210,8 @@ class Glow(tf_keras.Model):
     self.latent_shapes.append((h, w, c))
     self.num_dims = height * width * channels
     self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
-    # Training bookkeeping, saved with the weights. ONLY_FIRST_REPLICA: under tf.distribute
-    # every replica runs the same step, so one increment per step.
-    counter = dict(trainable=False, dtype=tf.int64,
-                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.step_counter = tf.Variable(0, name="step_counter", **counter)
-    self.nonfinite_steps = tf.Variable(0, name="nonfinite_steps", **counter)
     self.noise_seed = seed
-    self.gradient_tape_wrapper = None  # set by distributed engines (e.g. Horovod)
-    # train/test_step return values that are already global (synchronised metrics and
-    # counters): take one replica's, not Keras' default sum over replicas.
+    # train/test_step report synchronised metrics: take one replica's, not Keras' sum.
     self.distribute_reduction_method = "first"
     self.built = True  # every weight exists already (count_params, save_weights before fit)
 
@@ -201,9 +225,32 @@ class Glow(tf_keras.Model):
                        f"{tf.as_dtype(dtype).name} images: call model.preprocess(images) "
                        "first, or use model.bits_per_dim(images)")
 
+  def _checked_shape(self, x, what):
+    """x, refused (naming both shapes) unless it is [..., H, W, C] of the model's
+    image_shape: other sizes would run, and be scored per the model's H * W * C dimensions."""
+    shape = x.shape if hasattr(x, "shape") else np.shape(x)
+    shape = tf.TensorShape(shape)
+    want = self.image_shape
+    if shape.rank is not None and shape.rank < 3:
+      raise ValueError(f"{what} must be a batch [batch, height, width, channels] of "
+                       f"{_shape_text(want)} images, got shape {shape.as_list()}")
+    got = tuple(shape[-3:]) if shape.rank is not None else (None,) * 3
+    message = (f"{what} are {{}} but this Glow was built for {_shape_text(want)} images "
+               f"(image_shape={want}): resize or crop the images, or build a model with their "
+               "image_shape")
+    if any(g is not None and g != w for g, w in zip(got, want)):
+      raise ValueError(message.format(_shape_text(got)))
+    if None in got:  # known only when the graph runs
+      check = tf.debugging.assert_equal(tf.shape(x)[-3:], tf.constant(want, tf.int32),
+                                        message=message.format("of another size"))
+      with tf.control_dependencies([check]):
+        x = tf.identity(x)
+    return x
+
   def _data_to_latent(self, x, initialize=False):
     """Returns (latents, log_prob) for continuous scaled data x."""
     self._check_continuous(x)
+    x = self._checked_shape(x, "the data")
     z = tf.convert_to_tensor(x, self._flow_dtype)
     total = tf.zeros(tf.shape(z)[:-3], self._flow_dtype)
     latents = []
@@ -274,6 +321,7 @@ class Glow(tf_keras.Model):
   def bits_per_dim(self, images, noise=True, seed=None):
     """-log2 P(images) / (H W C) per image: the discrete likelihood of the n_bins bins (with
     noise, a one-sample estimate of its variational upper bound; docs/math.md)."""
+    images = self._checked_shape(images, "the images")
     if self.dequantizer is None:
       log_prob = self.log_prob(self.preprocess(images, noise, seed))
     else:
@@ -330,6 +378,8 @@ class Glow(tf_keras.Model):
 
   def load_own_variables(self, store):
     variables = self.all_variables()
+    if _is_legacy_store(store, len(variables)):
+      store = {str(i): store[str(i)] for i in range(len(variables))}
     if len(store.keys()) != len(variables):
       raise ValueError(f"the saved Glow has {len(store.keys())} variables, this one "
                        f"{len(variables)}: the file was written by another configuration or "
@@ -379,6 +429,34 @@ class Glow(tf_keras.Model):
         optimizer = _LossScaleOptimizer(optimizer)
     super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
 
+  def fit(self, x=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    """`tf_keras.Model.fit`. Under a tf.distribute strategy ActNorm cannot initialise itself
+    inside the replicas, so a model whose ActNorms are not initialised yet initialises them
+    here from the first batch of `x` (a tf.data.Dataset of images or (images, ...) tuples, or
+    an array of images): one batch in cross-replica context, the same on every replica, and on
+    every worker when each worker's dataset yields the same first batch (as tf.distribute's
+    input sharding needs anyway)."""
+    if self._under_strategy() and not any(self._actnorm_flags()):
+      self.initialize(self._first_batch(x, kwargs.get("batch_size")))
+    return super().fit(x, *args, **kwargs)
+
+  def _under_strategy(self):
+    with self.distribute_strategy.scope():
+      return tf.distribute.has_strategy()
+
+  def _actnorm_flags(self):
+    return [bool(layer.initialized.numpy()) for level in self.steps for layer in level
+            if isinstance(layer, tib.ActNorm)]
+
+  def _first_batch(self, x, batch_size):
+    if isinstance(x, tf.data.Dataset):
+      return self._images(next(iter(x)))
+    if x is None or isinstance(x, tf.distribute.DistributedDataset):
+      raise ValueError("Glow.fit under a tf.distribute strategy initialises ActNorm from the "
+                       "first batch of x: pass a tf.data.Dataset or an array of images, or "
+                       "call model.initialize(images) inside strategy.scope() before fit")
+    return self._images(x)[:batch_size or 32]
+
   def call(self, images, training=False):
     return self.bits_per_dim(images)
 
@@ -386,69 +464,31 @@ class Glow(tf_keras.Model):
   def _images(data):
     return data[0] if isinstance(data, (tuple, list)) else data
 
+  def training_seed(self, step=None):
+    """The dequantisation noise's seed for a training step: (noise_seed, step), step by default
+    the optimizer's iterations, so a run resumed from a checkpoint draws what an uninterrupted
+    one would."""
+    step = self.optimizer.iterations if step is None else step
+    return tf.stack([tf.cast(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
+
   def train_step(self, data):
-    """One maximum-likelihood step. The dequantisation noise is seeded by (noise_seed, step) so
-    a resumed run repeats an uninterrupted one exactly. `gradient_tape_wrapper` (e.g.
-    `hvd.DistributedGradientTape`) averages gradients across workers before the finiteness
-    check, so every worker takes the same decision.
-
-    A step whose loss or gradients are not finite is counted in `nonfinite_steps` and skipped:
-    weights and optimizer untouched. Under a tf.distribute strategy the optimizer's
-    synchronisation cannot sit inside a conditional, so there the replicas agree on finiteness
-    and apply zero gradients instead (no NaN reaches the weights, but Adam's momentum still
-    moves them a little).
-
-    With a LossScaleOptimizer (mixed_float16) the loss is scaled and the gradients unscaled
-    here, and every step goes to the optimizer, which itself skips a non-finite one and lowers
-    its scale (skipping it here would hide the overflow and the scale would never come down).
+    """One maximum-likelihood step through the optimizer's own gradient API
+    (`compute_gradients`, then `apply_gradients`: what `minimize` does), so optimizer wrappers
+    work as their guides say: Horovod's `DistributedOptimizer` averages there and
+    `LossScaleOptimizer` scales there. Under Horovod the step fails, naming the fix, when the
+    workers' gradients differ (`workers.check_gradients_agree`). Under tf.distribute the
+    optimizer sums the replicas' gradients, so each replica's loss is divided by their number.
     """
     images = self._images(data)
-    loss_scaling = isinstance(self.optimizer, _LossScaleOptimizer)
-    seed = tf.stack([tf.cast(self.noise_seed, tf.int64), self.step_counter.read_value()])
-    replica_context = tf.distribute.get_replica_context()
-    under_strategy = tf.distribute.has_strategy() and replica_context is not None
-    replicas = replica_context.num_replicas_in_sync if under_strategy else 1
     with tf.GradientTape() as tape:
-      per_image = self.bits_per_dim(images, seed=seed)
-      loss = tf.reduce_mean(per_image)
-      scaled_loss = loss / replicas  # the optimizer sums the replicas' gradients
-      if loss_scaling:
-        scaled_loss = self.optimizer.get_scaled_loss(scaled_loss)
-    if self.gradient_tape_wrapper is not None:
-      tape = self.gradient_tape_wrapper(tape)
-    variables = self.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
-    if loss_scaling:
-      gradients = self.optimizer.get_unscaled_gradients(gradients)
-    # With a gradient-averaging tape the gradients are identical on every worker, so they alone
-    # decide (a non-finite local loss makes them non-finite everywhere after averaging).
-    checks = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
-    if self.gradient_tape_wrapper is None:
-      checks.append(tf.math.is_finite(loss))
-    finite = tf.reduce_all(checks)
-    if under_strategy:
-      bad_replicas = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                1.0 - tf.cast(finite, tf.float32))
-      finite = tf.equal(bad_replicas, 0.0)
-    if loss_scaling or under_strategy:
-      if not loss_scaling:  # the loss-scale optimizer skips non-finite steps itself
-        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-      self.optimizer.apply_gradients(zip(gradients, variables))
-      skipped = 1 - tf.cast(finite, tf.int64)
-    else:
-      def apply():
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return tf.constant(0, tf.int64)
-
-      skipped = tf.cond(finite, apply, lambda: tf.constant(1, tf.int64))
-    self.nonfinite_steps.assign_add(skipped)
-    self.step_counter.assign_add(1)
-    usable = tf.logical_and(finite, tf.math.is_finite(per_image))
-    self._loss_tracker.update_state(tf.where(usable, per_image, tf.zeros_like(per_image)),
-                                    sample_weight=tf.cast(usable, per_image.dtype))
+      per_image = self.bits_per_dim(images, seed=self.training_seed())
+      loss = tf.reduce_mean(per_image) / replicas_in_sync()
+    grads_and_vars = compute_gradients(self.optimizer, loss, self.trainable_variables, tape)
+    with tf.control_dependencies([workers.check_gradients_agree(g for g, _ in grads_and_vars)]):
+      self.optimizer.apply_gradients(grads_and_vars)
+    self._loss_tracker.update_state(per_image)
     result = self._loss_tracker.result()
-    return {"loss": result, "bits_per_dim": result,
-            "nonfinite_steps": tf.identity(self.nonfinite_steps)}
+    return {"loss": result, "bits_per_dim": result}
 
   def test_step(self, data):
     # Per image, so the result is the mean over images (a short last batch weighs less).
