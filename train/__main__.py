@@ -79,7 +79,7 @@ def parse(argv):
     args.preset = presets.preset_for(args.dataset)
     if args.dataset is not None:  # say what it inherits, so that nothing is silent
       print(f"--dataset {args.dataset} without --preset: using preset {args.preset!r} "
-            f"({presets.describe(args.preset)}); every value has a flag", file=sys.stderr)
+            f"({presets.describe(args.preset)}); every value has a flag")
   if not presets.PRESETS[args.preset]["dataset"] and args.dataset is None:
     parser.error(f"--preset {args.preset} needs --dataset (a folder of images or a TFDS name)")
   values = {k: v for k, v in presets.PRESETS[args.preset].items() if v is not None and v != ""}

@@ -271,3 +271,36 @@ def test_bits_per_dim_bounds_the_exact_discrete_likelihood(dequantization):
     log_p = model.log_prob(lower + u / 4) - log_q - 4 * np.log(4)
     np.testing.assert_allclose(model.bits_per_dim(image, noise=False).numpy(),
                                -log_p.numpy() / (4 * np.log(2)), rtol=1e-12)
+
+
+def test_images_of_another_size_are_refused_by_every_entry_point():
+  """16x16 images given to an 8x8 model would run and be scored per the model's 64
+  dimensions instead of their 256; RGB images for a grey model are named as such."""
+  model = Glow((8, 8, 1), num_levels=2, depth=1, hidden_channels=4, mixer="1x1")
+  model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+  big = np.zeros((4, 16, 16, 1), np.uint8)
+  scaled = np.zeros((4, 16, 16, 1), np.float32)
+  entry_points = {
+      "bits_per_dim": lambda: model.bits_per_dim(big),
+      "log_prob": lambda: model.log_prob(scaled),
+      "encode": lambda: model.encode(scaled),
+      "initialize": lambda: model.initialize(big),
+      "fit": lambda: model.fit(big, batch_size=4, epochs=1, verbose=0),
+      "evaluate": lambda: model.evaluate(big, batch_size=4, verbose=0),
+  }
+  for name, call in entry_points.items():
+    with pytest.raises(ValueError, match=r"16x16 with 1 channel but this Glow was built for "
+                                         r"8x8 with 1 channel images"):
+      call()
+    assert not any(bool(v.numpy()) for v in model.variables if v.dtype == tf.bool), name
+  with pytest.raises(ValueError, match=r"8x8 with 3 channels but this Glow was built for 8x8 "
+                                       r"with 1 channel"):
+    model.bits_per_dim(np.zeros((2, 8, 8, 3), np.uint8))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8)])
+  def unknown_size(images):
+    return model.bits_per_dim(images)
+
+  with pytest.raises(tf.errors.InvalidArgumentError, match="of another size but this Glow"):
+    unknown_size(big)
+  assert unknown_size(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2,)

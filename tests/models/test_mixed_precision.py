@@ -145,7 +145,6 @@ def test_fit_under_mixed_bfloat16(digits):
   losses = history["bits_per_dim"]
   # Measured 8.29 -> 8.00 -> 7.82 (float32: the same to 1e-4).
   assert np.all(np.isfinite(losses)) and losses[2] < losses[1] < losses[0] - 0.2, losses
-  assert history["nonfinite_steps"][-1] == 0
 
 
 def test_float16_step_scales_the_loss_and_unscales_the_gradients(digits):
@@ -168,7 +167,6 @@ def test_float16_step_scales_the_loss_and_unscales_the_gradients(digits):
   want, got = np.concatenate([w.ravel() for w in want]), np.concatenate([g.ravel() for g in got])
   assert np.linalg.norm(want) > 0
   assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
-  assert int(model.nonfinite_steps.numpy()) == 0
 
 
 def test_an_explicit_loss_scale_optimizer_is_kept():

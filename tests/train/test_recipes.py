@@ -75,28 +75,36 @@ def recipe_reports():
   return {script: _reports(_run(script)) for script in RECIPE_WORKERS}
 
 
-@pytest.fixture(scope="module")
-def one_process():
-  """The recipes' model trained by one process on the same 32-image global batches."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
+def _common():
   sys.path.insert(0, RECIPES)
   try:
     import common  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.remove(RECIPES)
-  model = common.make_glow()
-  untrained = float(np.mean(model.bits_per_dim(common.digits()[-64:], noise=False)))
-  model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+  return common
+
+
+def _test_bits_per_dim(model):
+  return float(np.mean(model.bits_per_dim(_common().digits()[-64:], noise=False)))
+
+
+@pytest.fixture(scope="module")
+def one_process():
+  """Test bits/dim of the recipes' model trained by one process on the same 32-image global
+  batches, per learning rate; and of the model initialised but untrained."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  common = _common()
   batches = tf.data.Dataset.from_tensor_slices(common.digits()).batch(common.GLOBAL_BATCH)
-  model.fit(batches.repeat(), steps_per_epoch=common.STEPS, epochs=1, verbose=0)
-  capture = []
-  common.report.__globals__["print"] = lambda text, **_: capture.append(text)
-  try:
-    common.report(model, 0)
-  finally:
-    del common.report.__globals__["print"]
-  return untrained, _reports(capture)[0]
+  untrained = common.make_glow()
+  untrained.initialize(common.digits()[:common.GLOBAL_BATCH])
+  trained = {}
+  for learning_rate in (1e-3, 2e-3):
+    model = common.make_glow()
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
+    model.fit(batches.repeat(), steps_per_epoch=common.STEPS, epochs=1, verbose=0)
+    trained[learning_rate] = _test_bits_per_dim(model)
+  return _test_bits_per_dim(untrained), trained
 
 
 @pytest.mark.parametrize("script", sorted(RECIPE_WORKERS))
@@ -114,21 +122,26 @@ def test_mirrored_replicas_hold_the_same_values():
   assert [r for r, _ in sums] == ["0", "1"] and sums[0][1] == sums[1][1], output[-2000:]
 
 
+# The learning rate each recipe ends at (Horovod's recipes scale it by the number of workers,
+# as Horovod's guides do), and how far from one process it may land: the replicas draw their
+# own dequantisation noise, which moves the result by up to 0.011 between two noise seeds of
+# one process (measured), and horovod_keras.py warms its rate up over the first epoch.
+RECIPE_RATES = {"horovod_keras.py": (2e-3, 0.05), "horovod_custom_loop.py": (2e-3, 0.025),
+                "mirrored_fit.py": (1e-3, 0.025), "multiworker_fit.py": (1e-3, 0.025)}
+
+
 @pytest.mark.parametrize("script", sorted(RECIPE_WORKERS))
 def test_recipes_match_one_process(script, recipe_reports, one_process):
-  """Each replica draws its own batch's dequantisation noise from the same (seed, step), so a
+  """Each replica draws its batch's dequantisation noise from the same (seed, step), so a
   distributed run sees other noise samples than one process drawing the whole batch's: the
-  arithmetic differs, and the bound is on the result. After 6 steps the learning itself moves
-  test bits/dim by about 0.1 (untrained vs trained); the recipes must land within 0.01 of the
-  one-process run. Horovod's recipes scale the learning rate by the number of workers (their
-  guides' habit), so they are held to 0.05: still half of what training moves."""
-  untrained, single = one_process
-  moved = untrained - single["test_bits_per_dim"]
-  assert moved > 0.05, (untrained, single)  # training moved it: the comparison bites
-  bound = 0.05 if script.startswith("horovod") else 0.01
+  arithmetic differs, and the bound is on the result. Six steps move test bits/dim by 0.1-0.2
+  (untrained vs trained): a run that did not average, or trained at another rate, misses."""
+  untrained, trained = one_process
+  learning_rate, bound = RECIPE_RATES[script]
+  assert untrained - trained[learning_rate] > 3 * bound, (untrained, trained)  # it bites
   for report in recipe_reports[script]:
-    assert abs(report["test_bits_per_dim"] - single["test_bits_per_dim"]) < bound, (
-        script, report, single, untrained)
+    assert abs(report["test_bits_per_dim"] - trained[learning_rate]) < bound, (
+        script, report, trained, untrained)
 
 
 def test_horovod_keras_recipe_without_distributed_optimizer_is_refused():
@@ -144,7 +157,7 @@ def test_horovod_keras_recipe_without_distributed_optimizer_is_refused():
 def test_horovod_custom_loop_without_distributed_tape_is_refused():
   source = _source("horovod_custom_loop.py").replace(
       "  tape = hvd.DistributedGradientTape(tape)\n", "")
-  assert "DistributedGradientTape" not in source
+  assert "hvd.DistributedGradientTape(tape)" not in source
   outputs = _run("horovod_custom_loop.py", source, returncode=None)
   assert "hold different gradients" in "".join(outputs), outputs[0][-3000:]
   assert not _reports(outputs)

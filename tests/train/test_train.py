@@ -128,7 +128,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
   original = cb.RunControl.on_train_batch_end
 
   def interrupt_at_step_8(self, batch, logs=None):
-    if int(self.model.step_counter.numpy()) == 8:
+    if cb.step_of(self.model) == 8:
       os.kill(os.getpid(), signal.SIGTERM)  # arrives through the real handler
     return original(self, batch, logs)
 
@@ -185,26 +185,34 @@ def test_nonfinite_guard_skips_and_then_stops(tmp_path, monkeypatch, capsys):
   values = [np.asarray(reader.get_tensor(n)) for n in names]
   floats = [v for v in values if v.dtype.kind == "f"]
   assert floats and all(np.all(np.isfinite(v)) for v in floats)
-  assert any(n.startswith("model/nonfinite_steps") for n in names)
+  assert any(n.startswith("counters/nonfinite_steps") for n in names)
 
 
 def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path):
   from tfinvconv.models import Glow  # pylint: disable=g-import-not-at-top
+  from tfinvconv.training import GuardedTraining  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   model = Glow((8, 8, 1), num_levels=2, depth=1, hidden_channels=8, mixer="1x1")
-  model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+  guarded = GuardedTraining(model)
+  guarded.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+  assert guarded.optimizer is model.optimizer
   train, _ = data.digits_images()
   images = train[:64].astype(np.float32)
   model.initialize(images)
   bad = images.copy()
   bad[3, 2, 2, 0] = np.nan
   before = [v.numpy().copy() for v in model.trainable_variables]
-  model.fit(bad, batch_size=64, epochs=1, verbose=0)
-  assert int(model.nonfinite_steps.numpy()) == 1
+  guarded.fit(bad, batch_size=64, epochs=1, verbose=0)
+  assert int(guarded.counters.nonfinite_steps.numpy()) == 1
   for old, variable in zip(before, model.trainable_variables):
     np.testing.assert_array_equal(variable.numpy(), old)  # the step was skipped
-  model.fit(images, batch_size=64, epochs=1, verbose=0)
-  assert int(model.nonfinite_steps.numpy()) == 1 and int(model.step_counter.numpy()) == 2
+  guarded.fit(images, batch_size=64, epochs=1, verbose=0)
+  assert int(guarded.counters.nonfinite_steps.numpy()) == 1
+  assert int(guarded.counters.step_counter.numpy()) == 2
+  assert int(model.optimizer.iterations.numpy()) == 1  # only the finite step was applied
+  # The plain model has no guard: the same NaN batch goes into its weights.
+  model.fit(bad, batch_size=64, epochs=1, verbose=0)
+  assert not all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
 
 
 def test_bad_configuration_is_a_one_line_error(tmp_path):
@@ -419,3 +427,19 @@ def test_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys):
     path.write_bytes(b"garbage")
   assert main(args + ["--epochs", "4", "--resume"]) == 2
   assert "no readable checkpoint" in capsys.readouterr().err
+
+
+def test_a_dataset_without_preset_gets_its_own_settings_and_says_so(tmp_path, capsys):
+  """A folder of photos never inherits the digits' 17 grey levels, width or epochs."""
+  folder = parse(["--dataset", str(tmp_path)])
+  assert (folder.n_bins, folder.n_bits, folder.image_size) == (0, 8, 32)
+  assert "without --preset: using preset 'images' (256 grey levels, 32x32" in (
+      capsys.readouterr().out)
+  cifar = parse(["--dataset", "cifar10"])
+  assert (cifar.depth, cifar.hidden_channels, cifar.n_bins) == (32, 512, 0)
+  assert "using preset 'cifar10'" in capsys.readouterr().out
+  assert parse([]).n_bins == 17 and capsys.readouterr().out == ""  # the digits, silently
+  assert parse(["--dataset", str(tmp_path), "--preset", "digits"]).n_bins == 17
+  with pytest.raises(SystemExit):
+    parse(["--preset", "images"])
+  assert "--preset images needs --dataset" in capsys.readouterr().err

@@ -131,7 +131,14 @@ class Glow(tf_keras.Model):
   Mixed precision: build the model under `tf_keras.mixed_precision.set_global_policy(
   "mixed_bfloat16")` (or "mixed_float16"): the coupling networks compute in that dtype, all
   else (variables, invertible convolutions, actnorm, priors, log-dets) stays float32; for
-  float16 `compile` wraps the optimizer in a LossScaleOptimizer and `train_step` scales.
+  float16 `compile` wraps the optimizer in a LossScaleOptimizer, which scales the loss in its
+  `compute_gradients`.
+
+  Training: `train_step` is a plain maximum-likelihood step through the optimizer's own
+  gradient API, so Horovod's `DistributedOptimizer` and tf.distribute hook in as their guides
+  say (docs/multi_gpu.md); under Horovod it refuses gradients that differ between workers.
+  Non-finite skips and step counters for exact resume are `tfinvconv.training.GuardedTraining`.
+  Images must have the model's `image_shape`; every entry point refuses other sizes.
 
   Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
   included), `save_weights` / `tf.train.Checkpoint`, or `tfinvconv.models.export_saved_model`
@@ -343,8 +350,10 @@ class Glow(tf_keras.Model):
     return self.log_prob(lower + u / self.n_bins) - log_q
 
   def initialize(self, images):
-    """ActNorm's data-dependent initialisation from a batch of images (always re-runs)."""
-    self._data_to_latent(self.preprocess(images), initialize=True)
+    """ActNorm's data-dependent initialisation from a batch of images (always re-runs). The
+    noise is seeded by `noise_seed`: workers initialising from the same batch agree."""
+    seed = tf.constant([self.noise_seed, -1], tf.int64)
+    self._data_to_latent(self.preprocess(images, seed=seed), initialize=True)
 
   # ---- tf_keras ------------------------------------------------------------------------------
 
