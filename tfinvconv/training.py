@@ -63,22 +63,13 @@ class GuardedTraining(tf_keras.Model):
     return self.flow(images, training=training)
 
   def train_step(self, data):
-    model, optimizer = self.flow, self.optimizer
     images = glow.Glow._images(data)  # pylint: disable=protected-access
-    with tf.GradientTape() as tape:
-      seed = model.training_seed(self.counters.step_counter.read_value())
-      per_image = model.bits_per_dim(images, seed=seed)
-      loss = tf.reduce_mean(per_image)
-      replica_loss = loss / glow.replicas_in_sync()  # the optimizer sums the replicas' gradients
-    grads_and_vars = glow.compute_gradients(optimizer, replica_loss, model.trainable_variables,
-                                            tape)
-    gradients = [g for g, _ in grads_and_vars]
-    with tf.control_dependencies([workers.check_gradients_agree(gradients)]):
-      checks = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
+    per_image, grads_and_vars = self.flow.gradients(images, self.counters.step_counter)
+    checks = [tf.reduce_all(tf.math.is_finite(g)) for g, _ in grads_and_vars]
     if workers.horovod_workers() is None:  # averaged gradients alone decide, alike everywhere
-      checks.append(tf.math.is_finite(loss))
+      checks.append(tf.math.is_finite(tf.reduce_mean(per_image)))
     finite = self._agreed(tf.reduce_all(checks))
-    skipped = self._apply_if_finite(optimizer, grads_and_vars, finite)
+    skipped = self._apply_if_finite(self.optimizer, grads_and_vars, finite)
     self.counters.nonfinite_steps.assign_add(skipped)
     self.counters.step_counter.assign_add(1)
     usable = tf.logical_and(finite, tf.math.is_finite(per_image))

@@ -76,7 +76,6 @@ class RunControl(tf_keras.callbacks.Callback):
     super().__init__()
     self.engine, self.save, self.every, self.signals = engine, save, every, signals
     self.interrupted = None     # the signal we stopped for
-    self.failure = None         # why training had to stop (set by the run)
 
   def on_train_batch_end(self, batch, logs=None):
     if self.model.stop_training:  # another callback stopped the run

@@ -168,12 +168,12 @@ def _run(config, signals):
       f"folder {os.path.abspath(run_dir)}")
   checkpoints = _Checkpoints(trainee, run_dir, engine)
   _restore_or_initialise(config, engine, trainee, checkpoints, splits, log)
-  control, progress, report, history = _fit_until_done(config, engine, trainee, checkpoints,
-                                                       splits, signals, run_dir)
-  step = int(trainee.counters.step_counter.numpy())
-  if control.failure:
+  control, guard, progress, report, history = _fit_until_done(
+      config, engine, trainee, checkpoints, splits, signals, run_dir)
+  step = cb.step_of(trainee)
+  if guard.failure:
     if engine.is_chief:
-      print(f"error: {control.failure}", file=sys.stderr, flush=True)
+      print(f"error: {guard.failure}", file=sys.stderr, flush=True)
     return EXIT_NONFINITE
   if control.interrupted:
     log(f"interrupted by signal {control.interrupted} at step {step}: checkpoint saved; "
@@ -296,7 +296,7 @@ def _restore_or_initialise(config, engine, trainee, checkpoints, splits, log):
       _restore(trainee, latest)
     engine.broadcast_variables(model.variables + optimizer.variables +
                                list(trainee.counters.variables))
-    log(f"resumed from {latest} at step {int(trainee.counters.step_counter.numpy())}")
+    log(f"resumed from {latest} at step {cb.step_of(trainee)}")
   else:
     model.initialize(splits.init_batch())
     engine.broadcast_variables(model.variables)
@@ -316,7 +316,7 @@ def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, run_d
     report = cb.Report(run_dir, config.num_samples, seed=config.seed)
     callbacks.append(report)
   history = {}
-  step = int(trainee.counters.step_counter.numpy())
+  step = cb.step_of(trainee)
   while step < splits.total_steps and not trainee.stop_training:
     epoch, done_in_epoch = divmod(step, splits.steps_per_epoch)
     result = trainee.fit(splits.training_data(step),
@@ -325,7 +325,7 @@ def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, run_d
                          validation_data=splits.test_data, callbacks=callbacks, verbose=0)
     for key, values in result.history.items():
       history.setdefault(key, []).extend(values)
-    new_step = int(trainee.counters.step_counter.numpy())
+    new_step = cb.step_of(trainee)
     if new_step == step or control.interrupted or guard.failure:
       break
     step = new_step
@@ -333,15 +333,14 @@ def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, run_d
       control.interrupted = signals.signum or signal.SIGTERM
       checkpoints.save(step)
       break
-  control.failure = guard.failure
-  return control, progress, report, history
+  return control, guard, progress, report, history
 
 
 def _write_outputs(config, engine, trainee, splits, run_dir, report, progress, history,
                    test_bpd, log):
   """The chief's outputs: final samples, metrics.json beside the per-pixel baseline."""
   model, optimizer = trainee.flow, trainee.optimizer
-  step = int(trainee.counters.step_counter.numpy())
+  step = cb.step_of(trainee)
   sample_paths = report.samples("final")
   baseline_bpd, baseline_train, baseline_test = baseline.source_bits_per_dim(
       splits.train_images, splits.test_images, model.n_bins)

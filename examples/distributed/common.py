@@ -6,6 +6,7 @@ import json
 import sys
 
 import numpy as np
+import tensorflow as tf
 from sklearn.datasets import load_digits
 
 from tfinvconv.models import Glow
@@ -17,6 +18,13 @@ STEPS = 6
 def digits():
   """1,797 8x8 digits as uint8 [N, 8, 8, 1]."""
   return np.round(load_digits().images / 16.0 * 255.0).astype(np.uint8)[..., None]
+
+
+def worker_batches(rank, size):
+  """This worker's share of every global batch (Horovod: each process reads its own shard)."""
+  return (tf.data.Dataset.from_tensor_slices(digits())
+          .shard(size, rank)
+          .batch(GLOBAL_BATCH // size, drop_remainder=True).repeat())
 
 
 def make_glow():

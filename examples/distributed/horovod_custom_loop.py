@@ -5,13 +5,10 @@ import tf_keras
 import horovod.tensorflow as hvd
 
 from tfinvconv.models.workers import check_gradients_agree
-from common import GLOBAL_BATCH, STEPS, digits, make_glow, report
+from common import STEPS, make_glow, report, worker_batches
 
 hvd.init()
-images = digits()
-dataset = (tf.data.Dataset.from_tensor_slices(images)
-           .shard(hvd.size(), hvd.rank())
-           .batch(GLOBAL_BATCH // hvd.size(), drop_remainder=True).repeat())
+dataset = worker_batches(hvd.rank(), hvd.size())
 
 model = make_glow()
 optimizer = tf_keras.optimizers.Adam(1e-3 * hvd.size())

@@ -1,16 +1,12 @@
 """Horovod's Keras recipe with Glow (horovodrun -np 2 -H localhost:2 --gloo python ...)."""
 
-import tensorflow as tf
 import tf_keras
 import horovod.tensorflow.keras as hvd  # `make horovod`'s build: tf_keras, not Keras 3
 
-from common import GLOBAL_BATCH, STEPS, digits, make_glow, report
+from common import STEPS, make_glow, report, worker_batches
 
 hvd.init()
-images = digits()
-dataset = (tf.data.Dataset.from_tensor_slices(images)
-           .shard(hvd.size(), hvd.rank())
-           .batch(GLOBAL_BATCH // hvd.size(), drop_remainder=True).repeat())
+dataset = worker_batches(hvd.rank(), hvd.size())
 
 model = make_glow()
 scaled_lr = 1e-3 * hvd.size()

@@ -167,9 +167,9 @@ REFUSALS = '''
 import tensorflow as tf, tf_keras
 import horovod.tensorflow.keras as hvd
 from tfinvconv.training import GuardedTraining
-from common import GLOBAL_BATCH, digits, make_glow
+from common import make_glow, worker_batches
 hvd.init()
-data = tf.data.Dataset.from_tensor_slices(digits()).shard(2, hvd.rank()).batch(16).repeat()
+data = worker_batches(hvd.rank(), hvd.size())
 cases = {
     "plain": lambda: (make_glow(), tf_keras.optimizers.Adam(1e-3)),
     "legacy": lambda: (make_glow(), tf_keras.optimizers.legacy.Adam(1e-3)),

@@ -480,21 +480,24 @@ class Glow(tf_keras.Model):
     step = self.optimizer.iterations if step is None else step
     return tf.stack([tf.cast(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
 
-  def train_step(self, data):
-    """One maximum-likelihood step through the optimizer's own gradient API
-    (`compute_gradients`, then `apply_gradients`: what `minimize` does), so optimizer wrappers
+  def gradients(self, images, step=None):
+    """(bits/dim per image, [(gradient, variable)]) of one training step on `images`, from the
+    optimizer's own `compute_gradients` (the first half of `minimize`), so optimizer wrappers
     work as their guides say: Horovod's `DistributedOptimizer` averages there and
-    `LossScaleOptimizer` scales there. Under Horovod the step fails, naming the fix, when the
-    workers' gradients differ (`workers.check_gradients_agree`). Under tf.distribute the
-    optimizer sums the replicas' gradients, so each replica's loss is divided by their number.
-    """
-    images = self._images(data)
+    `LossScaleOptimizer` scales there. Under tf.distribute the optimizer sums the replicas'
+    gradients, so each replica's loss is divided by their number. Under Horovod the gradients
+    fail, naming the fix, when they differ between workers (`workers.check_gradients_agree`)."""
     with tf.GradientTape() as tape:
-      per_image = self.bits_per_dim(images, seed=self.training_seed())
+      per_image = self.bits_per_dim(images, seed=self.training_seed(step))
       loss = tf.reduce_mean(per_image) / replicas_in_sync()
     grads_and_vars = compute_gradients(self.optimizer, loss, self.trainable_variables, tape)
     with tf.control_dependencies([workers.check_gradients_agree(g for g, _ in grads_and_vars)]):
-      self.optimizer.apply_gradients(grads_and_vars)
+      return per_image, [(None if g is None else tf.identity(g), v) for g, v in grads_and_vars]
+
+  def train_step(self, data):
+    """One maximum-likelihood step: `gradients`, then the optimizer's `apply_gradients`."""
+    per_image, grads_and_vars = self.gradients(self._images(data))
+    self.optimizer.apply_gradients(grads_and_vars)
     self._loss_tracker.update_state(per_image)
     result = self._loss_tracker.result()
     return {"loss": result, "bits_per_dim": result}
