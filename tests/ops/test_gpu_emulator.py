@@ -65,9 +65,11 @@ MUTATIONS = {
         "block.run([=](int t) { FinishDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });\n"
         "      block.barrier();",
         "block.run([=](int t) { FinishDiagonal<kVectors>(t, a, tc, d, buffer, acc, weights); });"),
-    "changed tap offset": ("int wt = ((p * ki + q) * ci", "int wt = ((q * ki + p) * ci"),
-    "tap column off by one": ("* bwi + static_cast<int>(col) + q) * ci",
-                              "* bwi + static_cast<int>(col) + q + 1) * ci"),
+    "changed tap offset": ("int wt = ((p * k + q) * c", "int wt = ((q * k + p) * c"),
+    "tap column off by one": ("const int src = ((r + p) * bw + col + q) * c;",
+                              "const int src = ((r + p) * bw + col + q + 1) * c;"),
+    "wrong channel count in the unrolled kernels": (
+        "return kVectors > 0 ? kVectors * Vec16<T>::kSize", "return kVectors > 0 ? kVectors * 2"),
     "swapped frame strides": ("h * a.frame.row_stride + w * a.frame.col_stride",
                               "h * a.frame.col_stride + w * a.frame.row_stride"),
     "left halo not loaded": ("const bool own = r >= halo && col >= halo;",

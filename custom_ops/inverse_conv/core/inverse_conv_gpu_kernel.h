@@ -358,29 +358,36 @@ TFINVCONV_HD void AddProducts(PartialSums<T>& sums, const Xs& x, int x0, const W
   }
 }
 
+// Channels per pixel: known at compile time in the unrolled kernels, so the work-item index
+// splits into (pixel, channel) by a multiply and shift; 64-bit division by a run-time value is
+// a long instruction sequence on a GPU and it sat in every work item of every diagonal.
+template <int kVectors, typename T>
+TFINVCONV_HD inline int PixelChannels(int64_t channels) {
+  return kVectors > 0 ? kVectors * Vec16<T>::kSize : static_cast<int>(channels);
+}
+
 // Stretch: acc[j][o] = rhs - every off-centre tap, for pixel j of diagonal d, channel o.
+// Tile-local indices are int: the plan keeps the tile buffer and the weights below 2^31.
 template <int kVectors, typename T, class Buffer, class Acc, class Weights>
 TFINVCONV_HD void AccumulateDiagonal(int t, const SolveArgs<T>& a, const TileCoords& tc,
                                      int64_t d, Buffer buffer, Acc acc, Weights weights) {
-  const int64_t c = a.channels, k = a.ksize, bw = a.plan.buffer_w;
+  const int c = PixelChannels<kVectors, T>(a.channels), k = static_cast<int>(a.ksize);
+  const int bw = static_cast<int>(a.plan.buffer_w), row = static_cast<int>(a.plan.weight_row);
   const DiagonalRange range = TileDiagonal(tc, d);
-  // Shared-memory and weight indices fit in int (the plan checks), which keeps registers low.
-  const int ci = static_cast<int>(c), ki = static_cast<int>(k), bwi = static_cast<int>(bw);
-  const int row = static_cast<int>(a.plan.weight_row);
-  for (int64_t e = t; e < range.count * c; e += a.plan.threads) {
-    const int64_t o = e % c, j = e / c, r = range.first + j, col = d - r;
+  const int first = static_cast<int>(range.first), di = static_cast<int>(d);
+  const int items = static_cast<int>(range.count) * c;
+  for (int e = t; e < items; e += a.plan.threads) {
+    const int o = e % c, j = e / c, r = first + j, col = di - r;
     // Tap (p, q) reads frame pixel (r + p - (k-1), col + q - (k-1)) = buffer pixel (r+p, col+q);
     // the centre tap's buffer pixel still holds rhs.
-    const T own_rhs = buffer.load(
-        ((static_cast<int>(r) + ki - 1) * bwi + static_cast<int>(col) + ki - 1) * ci +
-        static_cast<int>(o));
+    const T own_rhs = buffer.load(((r + k - 1) * bw + col + k - 1) * c + o);
     PartialSums<T> taps_sum;
-    for (int p = 0; p < ki; ++p) {
-      const int taps = p == ki - 1 ? ki - 1 : ki;  // the centre tap is applied in FinishDiagonal
+    for (int p = 0; p < k; ++p) {
+      const int taps = p == k - 1 ? k - 1 : k;  // the centre tap is applied in FinishDiagonal
       for (int q = 0; q < taps; ++q) {
-        const int src = ((static_cast<int>(r) + p) * bwi + static_cast<int>(col) + q) * ci;
-        const int wt = ((p * ki + q) * ci + static_cast<int>(o)) * row;
-        AddProducts<kVectors>(taps_sum, buffer, src, weights, wt, ci);
+        const int src = ((r + p) * bw + col + q) * c;
+        const int wt = ((p * k + q) * c + o) * row;
+        AddProducts<kVectors>(taps_sum, buffer, src, weights, wt, c);
       }
     }
     acc.store(e, own_rhs - taps_sum.total());
@@ -391,14 +398,16 @@ TFINVCONV_HD void AccumulateDiagonal(int t, const SolveArgs<T>& a, const TileCoo
 template <int kVectors, typename T, class Buffer, class Acc, class Weights>
 TFINVCONV_HD void FinishDiagonal(int t, const SolveArgs<T>& a, const TileCoords& tc, int64_t d,
                                  Buffer buffer, Acc acc, Weights weights) {
-  const int64_t c = a.channels, k = a.ksize, halo = a.plan.halo, bw = a.plan.buffer_w;
-  const int64_t row = a.plan.weight_row, centre = (k * k - 1) * c * row;
+  const int c = PixelChannels<kVectors, T>(a.channels), k = static_cast<int>(a.ksize);
+  const int halo = static_cast<int>(a.plan.halo), bw = static_cast<int>(a.plan.buffer_w);
+  const int row = static_cast<int>(a.plan.weight_row), centre = (k * k - 1) * c * row;
   const DiagonalRange range = TileDiagonal(tc, d);
-  for (int64_t e = t; e < range.count * c; e += a.plan.threads) {
-    const int64_t o = e % c, j = e / c, r = range.first + j, col = d - r;
+  const int first = static_cast<int>(range.first), di = static_cast<int>(d);
+  const int items = static_cast<int>(range.count) * c;
+  for (int e = t; e < items; e += a.plan.threads) {
+    const int o = e % c, j = e / c, r = first + j, col = di - r;
     PartialSums<T> sums;
-    AddProducts<kVectors>(sums, acc, static_cast<int>(j * c), weights,
-                          static_cast<int>(centre + o * row), static_cast<int>(c));
+    AddProducts<kVectors>(sums, acc, j * c, weights, centre + o * row, c);
     const T x = sums.total();
     buffer.store(((r + halo) * bw + col + halo) * c + o, x);
     a.out[PixelOffset(a, tc, tc.h0 + r, tc.w0 + col) + o] = x;

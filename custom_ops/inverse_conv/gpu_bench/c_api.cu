@@ -1,6 +1,8 @@
 // C interface to the framework-free core, for the GPU benchmark (benchmarks/bench_ops_gpu.py
 // drives it through ctypes with PyTorch tensors; GPU machines have no TensorFlow). Built by
 // `make gpu-bench` as build/gpu_bench/libtfinvconv_core.so. Thin: no solve logic here.
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <functional>
 
@@ -17,9 +19,35 @@ void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t
   fn(0, total);
 }
 
+// The unit of the solve's dependency-chain floor: each iteration is one dependent shared-memory
+// round trip (a value another thread wrote before the last barrier) and one block-wide barrier,
+// the least a diagonal of any one-block wavefront costs. Double-buffered, so one barrier is
+// enough; benchmark-only, not part of the solve.
+__global__ void BarrierChainKernel(int iterations, float* sink) {
+  extern __shared__ float cells[];  // two rows of blockDim.x
+  const int t = threadIdx.x, n = blockDim.x;
+  cells[t] = static_cast<float>(t);
+  __syncthreads();
+  for (int i = 0; i < iterations; ++i) {
+    const float* from = cells + (i & 1) * n;
+    float* to = cells + ((i + 1) & 1) * n;
+    to[t] = from[(t + 1) % n] + 1.0f;
+    __syncthreads();
+  }
+  if (t == 0) sink[blockIdx.x] = cells[0];
+}
+
 }  // namespace
 
 extern "C" {
+
+// One block of `threads` threads running BarrierChainKernel on `stream` (time it with events).
+int tfinvconv_barrier_chain(int threads, int iterations, void* sink, void* stream) {
+  BarrierChainKernel<<<1, threads, 2 * threads * sizeof(float),
+                       static_cast<cudaStream_t>(stream)>>>(iterations, static_cast<float*>(sink));
+  return static_cast<int>(cudaGetLastError());
+}
+
 
 // The plan for this device: returns 0 and fills the fields, or a CUDA error / -1 (infeasible).
 int tfinvconv_gpu_plan(int elem, int64_t b, int64_t h, int64_t w, int64_t c, int64_t k,
