@@ -127,6 +127,26 @@ def test_second_fit_does_not_reinitialise(digits):
     np.testing.assert_array_equal(actnorm.bias.numpy(), bias)
 
 
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_one_seed_convention(digits, dequantization):
+  """sample and bits_per_dim take the same seeds: two ints, or an int s meaning [s, 0]; the same
+  seed gives the same numbers, another seed others; anything else is refused by name."""
+  model = _tiny("1x1", dequantization=dequantization)
+  _randomize(model, np.random.default_rng(5), scale=0.05)
+  images = digits[:4]
+  for fn in (lambda seed: model.sample(2, seed=seed), lambda seed: model.bits_per_dim(
+      images, seed=seed)):
+    same = [fn(seed).numpy() for seed in (3, [3, 0], (3, 0), np.int64(3), tf.constant([3, 0]),
+                                          tf.constant(3, tf.int32))]
+    for other in same[1:]:
+      np.testing.assert_array_equal(same[0], other)
+    assert not np.array_equal(fn([1, 2]).numpy(), same[0])
+    np.testing.assert_array_equal(fn([1, 2]).numpy(), fn([1, 2]).numpy())
+    for bad in ([1, 2, 3], 1.5, "3", [1.0, 2.0], True):
+      with pytest.raises(ValueError, match=r"seed must be an int or two ints"):
+        fn(bad)
+
+
 def test_temperature_zero_is_deterministic_and_shapes_are_right():
   model = _tiny("finc")
   _randomize(model, np.random.default_rng(4), scale=0.05)

@@ -17,12 +17,7 @@ from tfinvconv.models import glow
 
 
 def _sample(model, n, temperature, seed):
-  """`model.sample` with stateless noise: one seed per latent, split from `seed`."""
-  seeds = tf.random.experimental.stateless_split(seed, num=len(model.latent_shapes))
-  latents = [temperature * tf.random.stateless_normal(
-      tf.concat([[n], tf.constant(shape, tf.int32)], 0), seeds[i], dtype=model.dtype)
-             for i, shape in enumerate(model.latent_shapes)]
-  x = model.decode(latents)
+  x = model.sample(n, temperature, seed)
   return {"x": x, "images": model.to_images(x)}
 
 

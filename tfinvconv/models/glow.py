@@ -19,11 +19,36 @@ COUPLINGS = ("affine", "additive")
 DEQUANTIZATIONS = ("uniform", "variational")
 
 
+def stateless_seed(seed):
+  """The one seed convention of Glow's random functions (sample, bits_per_dim, preprocess and
+  the exported SavedModel): None draws fresh noise; otherwise the noise is stateless, the same
+  seed giving the same numbers in every process. The seed is TF's stateless seed, two integers
+  (a list, tuple or int tensor of shape [2]); an int s is the same as [s, 0]. Returns None or an
+  int64 tensor of shape [2]."""
+  if seed is None:
+    return None
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    return tf.constant([int(seed), 0], tf.int64)
+  try:
+    tensor = tf.convert_to_tensor(seed)
+  except (TypeError, ValueError):
+    tensor = None
+  if tensor is None or not tensor.dtype.is_integer or tensor.shape.rank not in (None, 0, 1) or (
+      tensor.shape.rank == 1 and tensor.shape[0] not in (None, 2)):
+    raise ValueError(f"seed must be an int or two ints (TF's stateless seed, shape [2]), got "
+                     f"{seed!r}")
+  tensor = tf.cast(tensor, tf.int64)
+  if tensor.shape.rank == 0:
+    return tf.stack([tensor, tf.constant(0, tf.int64)])
+  return tf.ensure_shape(tensor, [2])
+
+
 def dequantize(images, n_bins, dtype=tf.float32, noise=True, seed=None):
   """Glow's data handling: uint8 images (or floats in [0, 255]) reduced to `n_bins` grey levels
   (bin floor(v * n_bins / 256): for n_bins = 2**n_bits the top n_bits bits), scaled to
-  [-0.5, 0.5) and spread over their bin by uniform noise. `seed` ([2] ints) makes the noise
-  stateless, so a resumed run draws exactly what an uninterrupted one would."""
+  [-0.5, 0.5) and spread over their bin by uniform noise. `seed` (see `stateless_seed`) makes the
+  noise stateless, so a resumed run draws exactly what an uninterrupted one would."""
+  seed = stateless_seed(seed)
   x = tf.floor(tf.cast(images, dtype) * (n_bins / 256.0))
   x = x / n_bins - 0.5
   if noise:
@@ -308,10 +333,17 @@ class Glow(tf_keras.Model):
     return z
 
   def sample(self, n, temperature=1.0, seed=None):
-    """n samples of continuous scaled data; every prior's noise is scaled by `temperature`."""
-    latents = [temperature * tf.random.normal((n,) + shape, dtype=self._flow_dtype, seed=seed)
-               for shape in self.latent_shapes]
-    return self.decode(latents)
+    """n samples of continuous scaled data; every prior's noise is scaled by `temperature`.
+    `seed`: see `stateless_seed` (one seed per latent is split from it)."""
+    seed = stateless_seed(seed)
+    shapes = [tf.concat([[n], tf.constant(shape, tf.int32)], 0) for shape in self.latent_shapes]
+    if seed is None:
+      noise = [tf.random.normal(shape, dtype=self._flow_dtype) for shape in shapes]
+    else:
+      seeds = tf.random.experimental.stateless_split(seed, num=len(shapes))
+      noise = [tf.random.stateless_normal(shape, seeds[i], dtype=self._flow_dtype)
+               for i, shape in enumerate(shapes)]
+    return self.decode([temperature * z for z in noise])
 
   # ---- images --------------------------------------------------------------------------------
 
@@ -338,6 +370,7 @@ class Glow(tf_keras.Model):
 
   def _variational_log_prob(self, images, noise, seed):
     """log p(x + u / n_bins) - log q(u | x), u from the dequantizer (eps = 0 without noise)."""
+    seed = stateless_seed(seed)
     lower = dequantize(images, self.n_bins, self._flow_dtype, noise=False)
     shape = tf.shape(lower)
     if not noise:

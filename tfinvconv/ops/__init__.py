@@ -1,7 +1,5 @@
 """Masked causal convolutions and their exact inverses (Inverse-Flow), as TensorFlow ops."""
 
-import warnings
-
 from tfinvconv.ops import _loader
 from tfinvconv.ops.causal_conv import CORNERS
 from tfinvconv.ops.causal_conv import causal_conv2d
@@ -19,5 +17,4 @@ __all__ = ["CORNERS", "IMPLEMENTATIONS", "causal_conv2d", "cpu_path", "inverse_c
 _loader.load_library()
 _mismatch = _loader.version_mismatch()
 if _mismatch:
-  warnings.warn(f"tfinvconv: {_mismatch}; until then the pure-TensorFlow solve is used",
-                RuntimeWarning, stacklevel=2)
+  _loader.warn_pure_tf(_mismatch)

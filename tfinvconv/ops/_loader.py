@@ -1,6 +1,7 @@
 """Loads the compiled op library once; the only module that knows where the .so lives."""
 
 import os
+import warnings
 
 import tensorflow as tf
 
@@ -11,6 +12,7 @@ VERSION_FILE = LIBRARY_FILE[:-len(".so")] + ".tf_version"
 _library = None
 _load_error = None
 _tried = False
+_warned = set()  # reasons already given for using the pure-TF solve, one warning each
 
 
 def load_library():
@@ -46,3 +48,13 @@ def version_mismatch():
           f"{tf.__version__} is installed (the binary works only with the version it was built "
           "against): rebuild it with `pip install --no-build-isolation -e .` in the repository "
           "root, or install that TensorFlow")
+
+
+def warn_pure_tf(reason, stacklevel=2):
+  """Says once per process and reason why the pure-TensorFlow solve is used instead of the
+  compiled op (the package's import and the first solve would otherwise both say it)."""
+  if reason in _warned:
+    return
+  _warned.add(reason)
+  warnings.warn(f"tfinvconv: using the pure-TensorFlow solve because {reason}", RuntimeWarning,
+                stacklevel=stacklevel + 1)

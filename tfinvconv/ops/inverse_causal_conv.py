@@ -11,7 +11,6 @@ The adjoint solve u = A^{-T} g is itself differentiable by the same rule (dL/dg 
 dL/dK = -filter_grad(A^{-1} u_bar, u)), so second derivatives work too.
 """
 
-import warnings
 
 import tensorflow as tf
 
@@ -22,9 +21,6 @@ from tfinvconv.ops import tf_solve
 IMPLEMENTATIONS = ("auto", "custom_op", "tf")
 OP_NAME = "TfInvConv>InverseCausalConv2D"
 
-_warned_fallback = False
-
-
 def _in_xla_context():
   try:  # Private API; if it moves, "auto" simply does not detect XLA.
     from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
@@ -34,8 +30,12 @@ def _in_xla_context():
     return False
 
 
+# Why "auto" takes the pure-TF solve inside XLA (said once, as the README promises).
+XLA_REASON = ("the compiled op has no XLA kernel and this is inside jit_compile; pass "
+              "implementation='tf' to choose it explicitly")
+
+
 def _choose(implementation):
-  global _warned_fallback
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown implementation {implementation!r}; expected one of "
                      f"{', '.join(IMPLEMENTATIONS)}")
@@ -47,13 +47,12 @@ def _choose(implementation):
       raise RuntimeError(f"implementation='custom_op' but the compiled op is unavailable: {reason}")
     return "custom_op"
   if library is None:
-    if not _warned_fallback:
-      _warned_fallback = True
-      warnings.warn(f"tfinvconv: using the pure-TensorFlow solve because {reason}",
-                    RuntimeWarning, stacklevel=3)
+    _loader.warn_pure_tf(reason, stacklevel=3)
     return "tf"
-  # Compiled ops have no XLA kernel: inside jit_compile the TF path is the one that compiles.
-  return "tf" if _in_xla_context() else "custom_op"
+  if _in_xla_context():  # compiled ops have no XLA kernel: the TF path is the one that compiles
+    _loader.warn_pure_tf(XLA_REASON, stacklevel=3)
+    return "tf"
+  return "custom_op"
 
 
 def cpu_path():
@@ -106,13 +105,26 @@ def _tf_solve(rhs, kernel, corner, adjoint):
   return solve_with_gradient(rhs, kernel)
 
 
+# The compiled op's wording (inverse_conv_ops.cc, SingularKernelError), so both paths read alike.
+_SINGULAR = ("singular kernel: the same-pixel diagonal entry for channel {} is zero (or NaN), so "
+             "the causal convolution has no inverse")
+
+
 def _check_nonsingular(kernel):
+  """Eagerly: raises the compiled op's error. In a graph: an assert with the same sentence
+  (XLA drops asserts; there the solution is NaN, as on the GPU)."""
+  if _in_xla_context():
+    return tf.no_op()
   k = kernel.shape[0]
   diagonal = tf.linalg.diag_part(kernel[k - 1, k - 1])
-  return tf.debugging.Assert(
-      tf.reduce_all(tf.abs(diagonal) > 0),  # NaN fails this too
-      ["singular kernel: the same-pixel diagonal kernel[k-1, k-1, c, c] has a zero or NaN:",
-       diagonal])
+  bad = tf.logical_not(tf.abs(diagonal) > 0)  # NaN is bad too
+  first_bad = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+  if tf.executing_eagerly():
+    if bool(tf.reduce_any(bad)):
+      raise tf.errors.InvalidArgumentError(None, None, _SINGULAR.format(int(first_bad)))
+    return tf.no_op()
+  return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
+                             [tf.strings.format(_SINGULAR, first_bad)])
 
 
 def inverse_causal_conv2d(y, kernel, corner="top_left", implementation="auto", name=None):
