@@ -32,32 +32,32 @@ for b, s, ch, k in GLOW:
   python3 -c 'import torch; print(torch.__version__, torch.backends.cudnn.version())'
   step build
   if [ -d "$PEERS" ]; then  # the peers' extensions compile while the sanitizers run
-    timeout 200 python3 -m benchmarks.bench_gpu_peers --peer-dir "$PEERS" --build-only \
+    timeout 150 python3 -m benchmarks.bench_gpu_peers --peer-dir "$PEERS" --build-only \
       > /tmp/peers_build.log 2>&1 &
   fi
   make -s PYTHON=python3 build/gpu_bench/libtfinvconv_core.so || exit 1
-  step memcheck; timeout 60 compute-sanitizer --tool memcheck --error-exitcode 1 \
+  step memcheck; timeout 45 compute-sanitizer --tool memcheck --error-exitcode 1 \
     python3 -m benchmarks.bench_ops_gpu --check-only --small; echo "memcheck rc=$?"
-  step racecheck; timeout 60 compute-sanitizer --tool racecheck --error-exitcode 1 \
+  step racecheck; timeout 45 compute-sanitizer --tool racecheck --error-exitcode 1 \
     python3 -m benchmarks.bench_ops_gpu --check-only --tiny; echo "racecheck rc=$?"
-  step bench; timeout 150 python3 -m benchmarks.bench_ops_gpu; echo "bench rc=$?"
+  step wait for the peers build; wait; tail -3 /tmp/peers_build.log 2>/dev/null
+  step bench; timeout 120 python3 -m benchmarks.bench_ops_gpu; echo "bench rc=$?"
   cp benchmarks/results/ops_gpu.* "$OUT"/
   if [ -f "$BASELINE" ]; then  # an earlier build of the core, timed on the same warm machine
-    step baseline; timeout 40 python3 -m benchmarks.bench_ops_gpu --only Glow --no-check \
+    step baseline; timeout 30 python3 -m benchmarks.bench_ops_gpu --only Glow --no-check \
       --library "$BASELINE" --results ops_gpu_baseline; echo "baseline rc=$?"
     cp benchmarks/results/ops_gpu_baseline.md "$OUT"/
   fi
   if [ -d "$PEERS" ]; then
-    step peers; wait; tail -3 /tmp/peers_build.log
-    timeout 120 python3 -m benchmarks.bench_gpu_peers --peer-dir "$PEERS"; echo "peers rc=$?"
+    step peers; timeout 120 python3 -m benchmarks.bench_gpu_peers --peer-dir "$PEERS"; echo "peers rc=$?"
     cp benchmarks/results/gpu_peers.* "$OUT"/ 2>/dev/null
   fi
-  step ncu; timeout 60 ncu --clock-control none --profile-from-start off \
+  step ncu; timeout 45 ncu --clock-control none --profile-from-start off \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
     --section InstructionStats python3 -c "$glow_calls" > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?"
   grep -E "^  [A-Za-z_].*\(|Duration|Executed Ipc A|Issue Slots Busy|Warp Cycles Per Issued" \
     "$OUT/ncu.txt" | cut -c1-150
-  step ncu stalls; timeout 40 ncu --clock-control none -k regex:SolveKernel -c 1 \
+  step ncu stalls; timeout 30 ncu --clock-control none -k regex:SolveKernel -c 1 \
     --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
     python3 -c "$glow_calls" > "$OUT/ncu_stalls.txt" 2>&1; echo "ncu stalls rc=$?"
   awk '/stalled/ {print $NF, $1}' "$OUT/ncu_stalls.txt" | sort -rn | head -8
