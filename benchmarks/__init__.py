@@ -1,6 +1,7 @@
 """Benchmarks; every table lands in benchmarks/results/ as NAME.md plus NAME.json."""
 
 import json
+import math
 import os
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -13,3 +14,10 @@ def write_results(name, data, markdown, folder=RESULTS):
     json.dump(data, f, indent=1)
   with open(os.path.join(folder, name + ".md"), "w") as f:
     f.write(markdown + "\n")
+
+
+def separation(a, b):
+  """How many standard deviations apart two rows' means are (std of the difference): rows are
+  dicts with "mean" and "std", as benchmarks/results/quality.json holds them."""
+  spread = math.hypot(a["std"], b["std"])
+  return (b["mean"] - a["mean"]) / spread if spread > 0 else float("inf")

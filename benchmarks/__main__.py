@@ -1,7 +1,9 @@
-"""Regenerates every benchmark table: `python -m benchmarks [--quick]`.
+"""The op and model benchmarks: `python -m benchmarks [--quick]`.
 
 Writes benchmarks/results/{ops_cpu,models_cpu}.{json,md} (the --quick smoke run writes to
-benchmarks/results/quick/ so published numbers are never overwritten by it).
+benchmarks/results/quick/ so published numbers are never overwritten by it). The other tables have
+their own modules (quality, bench_mixed, bench_portable, bench_ops_gpu); `python -m
+benchmarks.readme` then rewrites the numbers README.md and docs/ quote (`make bench` runs both).
 """
 
 import argparse

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import bench_ops
-from benchmarks.bench_glow_vs_tfp import TfpGlow
+from benchmarks.tfp_glow import TfpGlow
 from tfinvconv.models import Glow
 
 MODELS = ("inverse_conv", "finc", "1x1", "tfp_glow")

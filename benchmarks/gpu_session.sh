@@ -38,7 +38,7 @@ for b, s, ch, k in GLOW:
   make -s PYTHON=python3 build/gpu_bench/libtfinvconv_core.so || exit 1
   step memcheck; timeout 45 compute-sanitizer --tool memcheck --error-exitcode 1 \
     python3 -m benchmarks.bench_ops_gpu --check-only --small; echo "memcheck rc=$?"
-  step racecheck; timeout 45 compute-sanitizer --tool racecheck --error-exitcode 1 \
+  step racecheck; timeout 90 compute-sanitizer --tool racecheck --error-exitcode 1 \
     python3 -m benchmarks.bench_ops_gpu --check-only --tiny; echo "racecheck rc=$?"
   step wait for the peers build; wait; tail -3 /tmp/peers_build.log 2>/dev/null
   step bench; timeout 120 python3 -m benchmarks.bench_ops_gpu; echo "bench rc=$?"

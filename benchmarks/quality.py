@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks import write_results
-from benchmarks.bench_glow_vs_tfp import TfpGlow, count, train_step_fn
+from benchmarks import separation, write_results
+from benchmarks.tfp_glow import TfpGlow, count, train_step_fn
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import MIXERS
 from train import baseline
@@ -151,12 +151,6 @@ def run_dataset(dataset, setting, seeds, log, progress=lambda result: None, mode
                   train_images, test_images, setting["n_bins"])}
     progress(result)
   return result
-
-
-def separation(a, b):
-  """How many standard deviations apart two rows' means are (std of the difference)."""
-  spread = np.hypot(a["std"], b["std"])
-  return (b["mean"] - a["mean"]) / spread if spread > 0 else float("inf")
 
 
 def markdown(result, command):

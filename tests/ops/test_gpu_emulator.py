@@ -77,6 +77,9 @@ MUTATIONS = {
     "adjoint without the channel swap": (
         "a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e]", "a.kernel[e]"),
     "centre inverse column order": ("inverse.load(m * c + o)", "inverse.load(o * c + m)"),
+    "first copy block of the prepare kernel skipped": (
+        "const int begin = static_cast<int>((block - 1) * kPrepareElementsPerBlock);",
+        "const int begin = static_cast<int>(block * kPrepareElementsPerBlock);"),
     "singular kernel not poisoned with NaN": (
         "singular ? static_cast<T>(NAN) : value", "value"),
 }

@@ -1,7 +1,7 @@
 // CUDA core: the causal solve on the GPU (see inverse_conv_gpu.h for the plan and the entry
 // point, inverse_conv_gpu_kernel.h for the per-thread work, which the host emulator also runs).
-// Two launches per call, no host synchronisation: a one-block kernel prepares the weights and
-// the centre inverse, then the solve kernel walks every diagonal of its tile in one launch.
+// Two launches per call, no host synchronisation: a small kernel prepares the weights and the
+// centre inverse, then the solve kernel walks every diagonal of its tile in one launch.
 #include <cuda_runtime.h>
 
 #include <map>
@@ -135,7 +135,9 @@ int CausalSolveGpu(const SolveShape& s, const GpuSolvePlan& plan, const T* rhs, 
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   const gpu::LaunchArgs<T> args =
       gpu::MakeLaunchArgs(s, plan, rhs, kernel, corner, adjoint, out, scratch);
-  PrepareKernel<T><<<1, kPrepareThreads, plan.prepare_shared_bytes, cuda_stream>>>(args.prepare);
+  const auto prepare_grid = static_cast<unsigned>(PrepareGrid(s.channels, s.ksize));
+  PrepareKernel<T><<<prepare_grid, kPrepareThreads, plan.prepare_shared_bytes, cuda_stream>>>(
+      args.prepare);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if (plan.tiled()) {  // tile flags and the tile counter start at zero

@@ -216,8 +216,16 @@ inline GpuSolvePlan PlanGpuSolve(const SolveShape& s, int64_t elem, const GpuLim
   return p;
 }
 
-// Threads of the small per-call kernel that prepares the weights (and the centre inverse).
+// The per-call kernel that prepares the weights: block 0 inverts the centre block, each further
+// block copies this many off-centre tap elements (a few loads in flight per thread).
 constexpr int kPrepareThreads = 256;
+constexpr int64_t kPrepareElementsPerBlock = 4 * kPrepareThreads;
+
+// Blocks of the prepare kernel for C channels and k x k taps.
+inline int64_t PrepareGrid(int64_t channels, int64_t ksize) {
+  const int64_t off_centre = (ksize * ksize - 1) * channels * channels;
+  return 1 + (off_centre + kPrepareElementsPerBlock - 1) / kPrepareElementsPerBlock;
+}
 
 #if defined(GOOGLE_CUDA) || defined(__CUDACC__)
 // Fills `limits` for the current device (attribute queries, made once per device and cached;

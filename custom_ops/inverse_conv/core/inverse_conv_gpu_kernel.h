@@ -157,7 +157,9 @@ struct SolveArgs {
   unsigned char* work = nullptr;  // fallback: block b's work area is work + b * block_work_bytes
 };
 
-// ---- The prepare program: one block, two stretches.
+// ---- The prepare program: block 0 builds the centre inverse (two stretches); the other blocks
+// copy the off-centre taps, kPrepareElementsPerBlock each, so the copy is not one block's serial
+// stream of global loads (one block took 64 us at C = 48 on an H100, longer than the solve).
 
 // The prepare program's double-precision matrices (centre block and its inverse) when they live
 // in global scratch; otherwise they are the block's shared memory (plan.prepare_shared_bytes).
@@ -167,21 +169,36 @@ struct GlobalDoubles {
   TFINVCONV_HD void store(int64_t i, double v) const { data[i] = v; }
 };
 
-// Stretch 1: copy K into the solve's layout; the masked centre block into `centre` (double).
-// Indices are int: the plan keeps k*k*C*row below 2^31.
-template <typename T, class Doubles>
-TFINVCONV_HD void PrepareWeights(int t, int threads, const PrepareArgs<T>& a, Doubles centre) {
+// K[tap][i][o] as the solve reads it: the user's HWIO kernel, channel axes swapped for the
+// adjoint. Indices are int: the plan keeps k*k*C*row below 2^31.
+template <typename T>
+TFINVCONV_HD inline T KernelEntry(const PrepareArgs<T>& a, int tap, int i, int o) {
+  const int c = static_cast<int>(a.channels), e = (tap * c + i) * c + o;
+  return a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e];
+}
+
+// Blocks 1..: copy their share of the off-centre taps into the solve's layout, [tap][o][row].
+template <typename T>
+TFINVCONV_HD void CopyOffCentreTaps(int t, int threads, int64_t block, const PrepareArgs<T>& a) {
   const int c = static_cast<int>(a.channels), kk = static_cast<int>(a.ksize * a.ksize);
   const int row = static_cast<int>(a.row);
-  for (int e = t; e < kk * c * c; e += threads) {
+  const int begin = static_cast<int>((block - 1) * kPrepareElementsPerBlock);
+  const int end = std::min((kk - 1) * c * c, begin + static_cast<int>(kPrepareElementsPerBlock));
+  for (int e = begin + t; e < end; e += threads) {
     const int o = e % c, i = (e / c) % c, tap = e / (c * c);
-    const T v = a.adjoint ? a.kernel[(tap * c + o) * c + i] : a.kernel[e];
-    if (tap != kk - 1) {
-      a.prepared[(tap * c + o) * row + i] = v;
-    } else {  // y = x @ M with M[i][o] kept for i <= o (adjoint: i >= o)
-      const bool kept = a.adjoint ? i >= o : i <= o;
-      centre.store(i * c + o, kept ? static_cast<double>(v) : 0.0);
-    }
+    a.prepared[(tap * c + o) * row + i] = KernelEntry(a, tap, i, o);
+  }
+}
+
+// Block 0, stretch 1: the masked centre block into `centre` (double): y = x @ M with M[i][o]
+// kept for i <= o (adjoint: i >= o).
+template <typename T, class Doubles>
+TFINVCONV_HD void LoadCentre(int t, int threads, const PrepareArgs<T>& a, Doubles centre) {
+  const int c = static_cast<int>(a.channels), tap = static_cast<int>(a.ksize * a.ksize) - 1;
+  for (int e = t; e < c * c; e += threads) {
+    const int o = e % c, i = e / c;
+    const bool kept = a.adjoint ? i >= o : i <= o;
+    centre.store(i * c + o, kept ? static_cast<double>(KernelEntry(a, tap, i, o)) : 0.0);
   }
 }
 
@@ -214,7 +231,7 @@ template <class Block, typename T, class Doubles>
 TFINVCONV_HD void PrepareStretches(Block& block, const PrepareArgs<T>& a, Doubles centre,
                                    Doubles inverse) {
   const int threads = block.threads();
-  block.run([=](int t) { PrepareWeights(t, threads, a, centre); });
+  block.run([=](int t) { LoadCentre(t, threads, a, centre); });
   block.barrier();
   block.run([=](int t) { InvertCentreColumns(t, threads, a, centre, inverse); });
 }
@@ -223,8 +240,11 @@ TFINVCONV_HD void PrepareStretches(Block& block, const PrepareArgs<T>& a, Double
 // substitution is a chain of dependent loads, ~10x shorter from shared memory than from L2.
 template <class Block, typename T>
 TFINVCONV_HD void PrepareProgram(Block& block, const PrepareArgs<T>& a) {
-  const int64_t cc = a.channels * a.channels;
-  if (a.matrices_in_shared) {
+  const int64_t cc = a.channels * a.channels, index = block.index();
+  if (index > 0) {  // block-uniform: only block 0 has barriers
+    const int threads = block.threads();
+    block.run([=](int t) { CopyOffCentreTaps(t, threads, index, a); });
+  } else if (a.matrices_in_shared) {
     PrepareStretches(block, a, block.template shared<double>(0, cc),
                      block.template shared<double>(cc * 8, cc));
   } else {

@@ -253,8 +253,11 @@ Emulation EmulateSolve(const SolveShape& s, const GpuLimits& limits, const T* rh
   std::atomic<int64_t> conflicts{0};
   std::string first;
   g_emulation_failed = false;
-  {
-    HostBlock block(e.plan.prepare_shared_bytes, nullptr, 0, kPrepareThreads, 0, seed);
+  std::vector<int64_t> prepare_order(PrepareGrid(s.channels, s.ksize));
+  for (size_t i = 0; i < prepare_order.size(); ++i) prepare_order[i] = static_cast<int64_t>(i);
+  std::shuffle(prepare_order.begin(), prepare_order.end(), std::mt19937(seed));
+  for (int64_t index : prepare_order) {  // independent blocks, in shuffled order
+    HostBlock block(e.plan.prepare_shared_bytes, nullptr, 0, kPrepareThreads, index, seed);
     RunBlock(block, [&](HostBlock& b) { gpu::PrepareProgram(b, args.prepare); }, &e, &conflicts,
              &first);
   }
