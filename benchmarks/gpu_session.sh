@@ -21,7 +21,7 @@ for b, s, ch, k in GLOW:
   x = torch.randn(b, s, s, ch, device="cuda")
   kernel = torch.tensor(random_kernel(rng, k, ch), dtype=torch.float32, device="cuda")
   solve, _ = core.solver(x, kernel)
-  conv = conv_calls(x, kernel)["conv"]
+  conv = conv_calls(x, kernel)["conv"]  # channels_last
   conv(); torch.cuda.synchronize()
   torch.cuda.cudart().cudaProfilerStart()
   solve(x, torch.empty_like(x)); conv()
