@@ -28,7 +28,7 @@ $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements.txt
-	# tf-keras declares `tensorflow`; --no-deps keeps the GPU wheel out (toolchain note).
+	# tf-keras declares `tensorflow`; --no-deps keeps the GPU wheel out (requirements.txt).
 	$(PY) -m pip install -q --no-deps tf-keras==2.21.0
 	touch $@
 
@@ -96,9 +96,12 @@ wheel-smoke: setup
 	    "$$("$$smoke/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth" && \
 	  cd "$$smoke" && "$$smoke/venv/bin/python" $(CURDIR)/tests/wheel_smoke.py $(CURDIR)
 
-# Every benchmark table (results in benchmarks/results/); bench-quick is CI's smoke run.
+# The op and model tables (benchmarks/results/{ops_cpu,models_cpu}.*), then every number quoted
+# in README.md and docs/ regenerated from benchmarks/results/; bench-quick is CI's smoke run
+# (it writes to benchmarks/results/quick/, which nothing quotes).
 bench: setup
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks.readme
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick

@@ -48,7 +48,7 @@ def test_docs_live_in_the_repository():
           path = os.path.join(base, name)
           if "../shared" in open(path, encoding="utf-8").read():
             outside.append(os.path.relpath(path, ROOT))
-  for name in ("README.md", "Makefile", "setup.py"):
+  for name in ("README.md", "Makefile", "setup.py", "requirements.txt"):
     if "../shared" in open(os.path.join(ROOT, name), encoding="utf-8").read():
       outside.append(name)
   assert not outside, f"references to ../shared: {outside}"

@@ -102,7 +102,7 @@ def test_gradients_match_finite_differences(name):
   g = rng.normal(size=(2,) + _latent_shape(bijector, x))
 
   def objective():
-    xt = tf.identity(tf.constant(x))  # fresh tensor: never a cached result (toolchain note)
+    xt = tf.identity(tf.constant(x))  # fresh tensor: TFP caches results by tensor identity
     return (tf.reduce_sum(g * bijector.inverse(xt)) +
             tf.reduce_sum(bijector.inverse_log_det_jacobian(xt, event_ndims=3)))
 
