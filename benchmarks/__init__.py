@@ -21,3 +21,12 @@ def separation(a, b):
   dicts with "mean" and "std", as benchmarks/results/quality.json holds them."""
   spread = math.hypot(a["std"], b["std"])
   return (b["mean"] - a["mean"]) / spread if spread > 0 else float("inf")
+
+
+def compiled_train_step(model, optimizer):
+  """The training step users run, compiled as `fit` compiles it: `model.compile`, then the
+  model's own `train_step` under tf.function (Glow's; for tfp's Glow, TfpGlow's stand-in).
+  Returns data -> {"loss", "bits_per_dim"}, the running mean since `model.reset_metrics()`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # readme.py needs no TF
+  model.compile(optimizer=optimizer)
+  return tf.function(model.train_step)

@@ -18,8 +18,10 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from benchmarks import bench_ops
+from benchmarks import compiled_train_step
 from benchmarks.tfp_glow import TfpGlow
 from tfinvconv.models import Glow
 
@@ -40,31 +42,24 @@ def _params(model):
 
 
 def make_callables(model, batch, seed=0):
-  """Compiled forward (log-prob of a batch), training step and sampling."""
+  """Compiled forward (log-prob of a batch), training step (the model's own `train_step` on
+  the batch, as `fit` runs it: dequantisation included) and sampling."""
   rng = np.random.default_rng(seed)
   images = tf.constant(rng.integers(0, 256, size=(batch,) + model.image_shape), tf.uint8)
   x = model.preprocess(images)
-  optimizer = __import__("tf_keras").optimizers.Adam(1e-4)
   if isinstance(model, Glow):
     model.initialize(images)
+  step = compiled_train_step(model, tf_keras.optimizers.Adam(1e-4))
 
   @tf.function
   def forward():
     return model.log_prob(x)
 
   @tf.function
-  def train_step():
-    with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(model.log_prob(x))
-    variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
-
-  @tf.function
   def sample():
     return model.sample(batch)
 
-  return {"forward": forward, "train_step": train_step, "sample": sample}
+  return {"forward": forward, "train_step": lambda: step(images)["loss"], "sample": sample}
 
 
 def _time(fn):

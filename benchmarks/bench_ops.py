@@ -59,6 +59,8 @@ def bench_row(batch, size, channels, k, repeats, rng):
   y = ops.causal_conv2d(x, kernel)
 
   def with_backward(fn):
+    # The op's own backward pass (no model, no optimizer): what is timed is not a training
+    # step, so this is no copy of Glow.train_step.
     @tf.function
     def run(inp, kern):
       with tf.GradientTape() as tape:

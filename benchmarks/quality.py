@@ -4,12 +4,15 @@ tfp.bijectors.Glow at matched parameter counts, trained the same way from severa
     .venv/bin/python -m benchmarks.quality [--datasets digits,photo_patches] [--seeds 3]
                                            [--steps N] [--quick]
 
-Each model's coupling width is chosen so that its parameter count is within 5 % of the
-inverse_conv model's at the dataset's reference width. Every run: the same training images,
-batches in a seed-dependent order, Adam with a linear warm-up, the same number of steps, then
-test bits/dim over the whole test split (dequantisation noise seeded). Reported: mean ± sample
-standard deviation over seeds, every seed's value, parameters, median train-step and sampling
-times. Writes benchmarks/results/quality.{md,json} (--quick: a smoke run that writes nothing).
+Each dataset's setting is train/presets.py's preset with this benchmark's overrides named
+(SETTINGS). Each model's coupling width is chosen so that its parameter count is within 5 % of
+the inverse_conv model's at the dataset's reference width. Every run: train.data's training
+split and stream (batches in a seed-dependent order), the model's own training step
+(Glow.train_step, compiled as `fit` compiles it) with Adam and a linear warm-up, the same
+number of steps, then test bits/dim over the whole test split (dequantisation noise seeded).
+Reported: mean ± sample standard deviation over seeds, every seed's value, parameters, median
+train-step and sampling times. Writes benchmarks/results/quality.{md,json} (--quick: a smoke
+run that writes nothing).
 """
 
 import argparse
@@ -22,24 +25,54 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks import separation, write_results
-from benchmarks.tfp_glow import TfpGlow, count, train_step_fn
+from benchmarks import compiled_train_step, separation, write_results
+from benchmarks.tfp_glow import TfpGlow, count
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import MIXERS
 from train import baseline
 from train import data
+from train import presets
 from train.trainer import WarmupSchedule
 
 MODELS = ("inverse_conv", "1x1", "finc", "emerging", "nxn", "tfp_glow")  # most asked first
 assert set(MODELS) == set(MIXERS) | {"tfp_glow"}
 TOLERANCE = 0.05  # parameter counts within 5 % of the reference
+
+
+def _steps_per_epoch(preset):
+  """As the trainer counts them: full batches in one pass over the training split."""
+  source = data.load_split(preset["dataset"], "train", preset["image_size"],
+                           data.image_channels(preset["dataset"]))
+  return max(1, source.count() // preset["batch_size"])
+
+
+def from_preset(name, epochs=None, **overrides):
+  """A dataset's setting, under the names quality.json records: train/presets.py's preset
+  `name` with its epochs (or `epochs`) and warm-up counted in steps, then `overrides`."""
+  preset = presets.PRESETS[name]
+  # Not recorded in quality.json: every model here has affine couplings (tfp's Glow has no
+  # other) and 3x3 mixers, so a preset that changes them must first become a setting.
+  assert (preset["coupling"], preset["kernel_size"]) == ("affine", 3), name
+  per_epoch = _steps_per_epoch(preset)
+  setting = dict(image_size=preset["image_size"], levels=preset["num_levels"],
+                 depth=preset["depth"], hidden=preset["hidden_channels"],
+                 n_bins=preset.get("n_bins") or 2 ** preset["n_bits"],
+                 batch=preset["batch_size"], steps=(epochs or preset["epochs"]) * per_epoch,
+                 warmup=round(preset["warmup_epochs"] * per_epoch),
+                 learning_rate=preset["learning_rate"])
+  unknown = set(overrides) - set(setting)
+  assert not unknown, f"not a setting: {unknown}"
+  return dict(setting, **overrides)
+
+
 # Per dataset: the model shape (levels, steps per level, reference coupling width), the data
-# reduction and the training length. The digits have 17 grey levels, so 17 bins.
+# reduction and the training length: `python -m train`'s preset but for the values named here.
 SETTINGS = {
-    "digits": dict(image_size=8, levels=2, depth=8, hidden=128, n_bins=17, batch=64,
-                   steps=460, warmup=23, learning_rate=1e-3),
-    "photo_patches": dict(image_size=16, levels=2, depth=4, hidden=64, n_bins=256, batch=64,
-                          steps=300, warmup=30, learning_rate=1e-3),
+    # 20 of the preset's 40 epochs: 460 steps, after its 1 warm-up epoch (23 steps).
+    "digits": from_preset("digits", epochs=20),
+    # Half the preset's depth and width; 300 steps with 30 warm-up steps (the preset: 10 epochs
+    # of 95 steps, 1 of them warm-up).
+    "photo_patches": from_preset("photo_patches", depth=4, hidden=64, steps=300, warmup=30),
 }
 QUICK = dict(depth=1, hidden=16, steps=4, warmup=2)
 
@@ -76,25 +109,24 @@ def matched_width(name, image_shape, setting, target):
   return best, params(best)
 
 
-def train_and_measure(model, train_images, test_images, setting, seed):
-  """Trains with Adam + warm-up; returns the measurements of one run."""
-  batches = iter(tf.data.Dataset.from_tensor_slices(train_images)
-                 .shuffle(len(train_images), seed=seed).repeat()
-                 .batch(setting["batch"], drop_remainder=True))
+def train_and_measure(model, train_source, test_images, setting, seed):
+  """Trains with the model's own training step (Adam + warm-up) on train.data's training
+  stream, shuffled by `seed`; returns the measurements of one run."""
+  batches = iter(data.pipeline(train_source, setting["batch"], seed=seed))
   first = next(batches)
   if isinstance(model, Glow):
     model.initialize(first)
   else:  # tfp's Glow: its first call initialises its ActNorms, so make it a real batch
     model.log_prob(model.preprocess(first))
-  optimizer = tf_keras.optimizers.Adam(WarmupSchedule(setting["learning_rate"],
-                                                      setting["warmup"]))
-  step = train_step_fn(model, optimizer)
+  step = compiled_train_step(model, tf_keras.optimizers.Adam(
+      WarmupSchedule(setting["learning_rate"], setting["warmup"])))
 
   times, diverged_at, loss = [], None, float("nan")
   for i in range(setting["steps"]):
     images = first if i == 0 else next(batches)
+    model.reset_metrics()  # the loss of this batch, not the mean since the first
     start = time.perf_counter()
-    loss = float(step(images).numpy())
+    loss = float(step(images)["loss"].numpy())
     times.append(time.perf_counter() - start)
     if not np.isfinite(loss):
       diverged_at = i
@@ -115,14 +147,22 @@ def train_and_measure(model, train_images, test_images, setting, seed):
           "sample_64_ms": 1e3 * float(np.median(sample_times))}
 
 
-def images_of(dataset, split, image_size):
-  source = data.load_split(dataset, split, image_size, data.image_channels(dataset))
+def source_of(dataset, split, image_size):
+  return data.load_split(dataset, split, image_size, data.image_channels(dataset))
+
+
+def all_images(source):
   return np.concatenate([b.numpy() for b in source.images().batch(1000)])
+
+
+def images_of(dataset, split, image_size):
+  return all_images(source_of(dataset, split, image_size))
 
 
 def run_dataset(dataset, setting, seeds, log, progress=lambda result: None, models=MODELS):
   """Every model on one dataset; `progress` gets the partial result after each model."""
-  train_images = images_of(dataset, "train", setting["image_size"])
+  train_source = source_of(dataset, "train", setting["image_size"])
+  train_images = all_images(train_source)
   test_images = images_of(dataset, "test", setting["image_size"])
   image_shape = train_images.shape[1:]
   target = count(build("inverse_conv", image_shape, setting, setting["hidden"],
@@ -136,7 +176,7 @@ def run_dataset(dataset, setting, seeds, log, progress=lambda result: None, mode
     runs = []
     for seed in range(seeds):
       model = build(name, image_shape, setting, hidden, seed)
-      runs.append(train_and_measure(model, train_images, test_images, setting, seed))
+      runs.append(train_and_measure(model, train_source, test_images, setting, seed))
       log(f"{dataset} {name} seed {seed}: {runs[-1]['test_bits_per_dim']:.4f} bits/dim")
     values = [r["test_bits_per_dim"] for r in runs]
     rows.append({"model": name, "hidden": hidden, "params": params, "runs": runs,

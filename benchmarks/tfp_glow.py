@@ -6,6 +6,7 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras
 
 from tfinvconv.models.glow import dequantize
 
@@ -29,6 +30,8 @@ class TfpGlow:
         tfd.Sample(tfd.Normal(0.0, 1.0), [size]), self.bijector)
     self.num_dims = size
     self.n_bins = n_bins
+    self.optimizer = None
+    self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
 
   @property
   def trainable_variables(self):
@@ -48,17 +51,24 @@ class TfpGlow:
   def sample(self, n):
     return self.distribution.sample(n)
 
+  def compile(self, optimizer):
+    self.optimizer = optimizer
 
-def train_step_fn(model, optimizer):
-  """One compiled maximum-likelihood step of a model with `bits_per_dim` (ours or TfpGlow)."""
-  @tf.function
-  def step(images):
+  def reset_metrics(self):
+    self._loss_tracker.reset_state()
+
+  def train_step(self, data):
+    """Glow.train_step's maximum-likelihood step and outputs, written out here: tfb.Glow is a
+    bijector, not a Keras model, so it has no train_step of its own for the benchmarks to run
+    (the one training step in benchmarks/ that is not tfinvconv's)."""
     with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(model.bits_per_dim(images))
-    variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
-  return step
+      per_image = self.bits_per_dim(data)
+      loss = tf.reduce_mean(per_image)
+    variables = self.trainable_variables
+    self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self._loss_tracker.update_state(per_image)
+    result = self._loss_tracker.result()
+    return {"loss": result, "bits_per_dim": result}
 
 
 def count(variables):
