@@ -7,6 +7,7 @@ Distributed: `horovodrun -np N python -m train ...` (Horovod), or `--strategy mi
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ HELP = {
     "n_bits": "bits per colour the data is reduced to (as in the papers)",
     "n_bins": "grey levels per colour instead of 2**n_bits (e.g. 17 for the digits' 17 "
               "levels, so that no bin is empty); 0: 2**n_bits",
+    "connect_timeout": "--strategy multiworker: seconds to wait for every worker of TF_CONFIG "
+                       "to join before giving up with an error (default 300)",
     "cpu_replicas": "--strategy mirrored on a machine without GPUs: split the CPU into this "
                     "many logical devices, one replica each",
     "overwrite": "start over in a --run-dir that holds another run (deletes its checkpoints, "
@@ -100,25 +103,72 @@ def main(argv=None):
     return 2
   except (tf.errors.UnavailableError, tf.errors.AbortedError,
           tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
-    print(f"error: lost contact with {_lost_task(error)}; the last checkpoint in "
-          f"{os.path.join(config.folder(), 'checkpoints')} is intact: restart every worker with "
-          "--resume", file=sys.stderr, flush=True)
+    print(f"error: {lost_contact_message(error, config.folder())}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     # The collectives are broken now; interpreter teardown can hang or print noise: leave.
     os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
 
 
-def _lost_task(error):
-  """'worker 1 (/job:worker/replica:0/task:1)' from TF's error text (the task it lists as
-  unhealthy), or what the error says."""
-  text = str(error)
+def lost_contact_message(error, run_folder, tf_config=None):
+  """What a worker says when a collective or the coordination service fails: which task was
+  lost, where the last checkpoint is, and to restart every worker with --resume."""
+  task = _cluster_task(tf_config)
+  lost = _lost_task(str(error))
+  others = [t for t in _cluster_tasks(tf_config) if t != task]
+  if task is not None and (lost == task or not isinstance(lost, tuple)):
+    # TF's text names this task when it lost the coordination leader, or no task at all.
+    lost = others[0] if len(others) == 1 else _leader(tf_config) if lost == task else lost
+  if task is None or task == _leader(tf_config):
+    where = f"in {os.path.join(run_folder, 'checkpoints')}"
+  else:  # only the leader writes checkpoints: on another host they are not on this disk
+    where = f"on the disk of {_describe(_leader(tf_config))}, which writes them,"
+  return (f"lost contact with {_describe(lost) if isinstance(lost, tuple) else lost}; the last "
+          f"checkpoint {where} is intact: restart every worker with --resume")
+
+
+def _cluster_task(tf_config=None):
+  """(job, index) of this process from TF_CONFIG, or None outside a TF_CONFIG cluster."""
+  try:
+    config = json.loads(tf_config if tf_config is not None else os.environ.get("TF_CONFIG", ""))
+    return config["task"]["type"], int(config["task"]["index"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def _cluster_tasks(tf_config=None):
+  """Every (job, index) of the TF_CONFIG cluster (chief and workers), or []."""
+  try:
+    cluster = json.loads(tf_config if tf_config is not None else
+                         os.environ.get("TF_CONFIG", ""))["cluster"]
+  except (ValueError, KeyError, TypeError):
+    return []
+  return [(job, i) for job in ("chief", "worker") for i in range(len(cluster.get(job, [])))]
+
+
+def _leader(tf_config=None):
+  """The task that runs TF's coordination service (and writes checkpoints): the chief if the
+  cluster has one, else worker 0."""
+  try:
+    cluster = json.loads(tf_config if tf_config is not None else
+                         os.environ.get("TF_CONFIG", ""))["cluster"]
+  except (ValueError, KeyError, TypeError):
+    return ("worker", 0)
+  return ("chief", 0) if cluster.get("chief") else ("worker", 0)
+
+
+def _describe(task):
+  return f"{task[0]} {task[1]} (/job:{task[0]}/replica:0/task:{task[1]})"
+
+
+def _lost_task(text):
+  """(job, index) of the task TF's error text lists as unhealthy (or the first it names), or
+  what the error says."""
   unhealthy = text.find("unhealthy")
   task = r"/job:(\w+)/replica:\d+/task:(\d+)"
   match = (re.search(task, text[unhealthy:]) if unhealthy >= 0 else None) or re.search(task, text)
   if match:
-    return f"{match.group(1)} {match.group(2)} ({match.group(0)})"
+    return match.group(1), int(match.group(2))
   return "another worker (" + (text.strip().splitlines() or ["no details"])[0][:200] + ")"
-
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import pickle
+import socket
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -164,12 +166,14 @@ class MultiWorkerEngine(StrategyEngine):
 
   name = "multiworker"
 
-  def __init__(self):
+  def __init__(self, connect_timeout=300):
     if "TF_CONFIG" not in os.environ:
       raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
                          "(see README: two workers on 127.0.0.1 ports)")
-    super().__init__(tf.distribute.MultiWorkerMirroredStrategy())
     config = json.loads(os.environ["TF_CONFIG"])
+    _wait_for_hosts(config, connect_timeout)
+    # Blocks until every worker has joined TF's coordination service.
+    super().__init__(tf.distribute.MultiWorkerMirroredStrategy())
     task, cluster = config.get("task", {}), config.get("cluster", {})
     self.size = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
     self.rank = task.get("index", 0) + (1 if task.get("type") == "worker" and
@@ -245,12 +249,52 @@ def launched_by_horovod():
                                              "PMI_RANK"))
 
 
-def make_engine(strategy=None, cpu_replicas=1):
+class ClusterUnreachableError(ValueError):
+  """A worker's host in TF_CONFIG does not answer: a setup error the user can fix."""
+
+
+def _wait_for_hosts(config, seconds):
+  """Returns once every other worker's host answers at its TF_CONFIG address (a refused
+  connection counts: the host is up, its worker may not have started yet); raises
+  ClusterUnreachableError naming the silent ones after `seconds`. TF itself would wait for an
+  hour with no word (its register timeout did not bound that wait in TF 2.21, and it holds the
+  GIL, so no Python timer can interrupt it). A worker that never starts on a live host is not
+  caught here: TF still waits for it."""
+  task, cluster = config.get("task", {}), config.get("cluster", {})
+  own = (task.get("type"), task.get("index", 0))
+  pending = {(job, i): address for job in ("chief", "worker")
+             for i, address in enumerate(cluster.get(job, [])) if (job, i) != own}
+  deadline = time.monotonic() + seconds
+  while pending:
+    pending = {peer: address for peer, address in pending.items() if not _answers(address)}
+    if pending and time.monotonic() > deadline:
+      silent = "; ".join(f"{job} {i} at {address}" for (job, i), address in pending.items())
+      raise ClusterUnreachableError(
+          f"no answer from the host of {silent} within {seconds} s (--connect-timeout); this is "
+          f"{own[0]} {own[1]}. Check that each TF_CONFIG address belongs to its host, that the "
+          "hosts can reach each other, and that no firewall drops the ports")
+    if pending:
+      time.sleep(0.5)
+
+
+def _answers(address, timeout=1.0):
+  """Whether the host at host:port answers (accepts or refuses the connection)."""
+  host, port = address.rsplit(":", 1)
+  try:
+    with socket.create_connection((host, int(port)), timeout=timeout):
+      return True
+  except ConnectionRefusedError:
+    return True
+  except OSError:
+    return False
+
+
+def make_engine(strategy=None, cpu_replicas=1, connect_timeout=300):
   """Horovod when launched by horovodrun/mpirun, tf.distribute when asked, else one process."""
   if strategy == "mirrored":
     return MirroredEngine(cpu_replicas)
   if strategy == "multiworker":
-    return MultiWorkerEngine()
+    return MultiWorkerEngine(connect_timeout)
   if strategy:
     raise ValueError(f"unknown strategy {strategy!r}; choose mirrored or multiworker")
   if launched_by_horovod():

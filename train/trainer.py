@@ -58,6 +58,7 @@ class Config:
   seed: int = 0
   strategy: str = ""             # "", "mirrored" or "multiworker"
   cpu_replicas: int = 1          # mirrored without GPUs: logical CPU devices, one replica each
+  connect_timeout: int = 300     # multiworker: seconds to wait for every worker to join
   num_samples: int = 64
   overwrite: bool = False        # start over in a run folder that holds another run's outputs
   verbose: bool = True
@@ -70,7 +71,7 @@ class Config:
     """Raises ValueError naming the first value no run could use."""
     positive = ("image_size", "num_levels", "depth", "hidden_channels", "batch_size", "epochs",
                 "kernel_size", "checkpoint_every", "max_nonfinite", "num_samples",
-                "cpu_replicas")
+                "cpu_replicas", "connect_timeout")
     for name in positive:
       value = getattr(self, name)
       if not (isinstance(value, int) and value >= 1):
@@ -156,7 +157,8 @@ def _claim_run_dir(run_dir, config):
 
 def _run(config, signals):
   """The run in its steps: engine, run folder, data, model, restore or initialise, fit, outputs."""
-  engine = distributed.make_engine(config.strategy or None, config.cpu_replicas)
+  engine = distributed.make_engine(config.strategy or None, config.cpu_replicas,
+                                   config.connect_timeout)
   signals.reclaim()
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
   run_dir = _claim_on_chief(engine, config)
