@@ -17,6 +17,10 @@ import shutil
 import subprocess
 
 
+# The name of each host's network interface (the same on every host).
+INTERFACE = "hosteth0"
+
+
 def _ip(*args, check=True):
   return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
@@ -69,8 +73,10 @@ class SimulatedHosts:
       _ip("link", "set", peer, "netns", namespace)
       _ip("link", "set", link, "master", self.bridge)
       _ip("link", "set", link, "up")
-      _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", peer)
-      _ip("-n", namespace, "link", "set", peer, "up")
+      # One interface name on every host, as on real clusters (horovodrun --network-interface).
+      _ip("-n", namespace, "link", "set", peer, "name", INTERFACE)
+      _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", INTERFACE)
+      _ip("-n", namespace, "link", "set", INTERFACE, "up")
       _ip("-n", namespace, "link", "set", "lo", "up")
     for i in range(self.count):
       os.makedirs(self.folder(i), exist_ok=True)
