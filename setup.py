@@ -13,13 +13,21 @@ Environment:
                            AVX-512 and the widest this CPU supports chosen at run time
                            (tfinvconv.ops.cpu_path(); TFINVCONV_CPU_PATH forces one).
 
-Dependencies: TensorFlow itself is not declared. It comes as `tensorflow`, `tensorflow-cpu` or
-`tensorflow[and-cuda]` (one of them, never two), and the op binary works only with the version it
-was compiled against (TF_VERSION below, recorded in the wheel and checked at import): declaring
-`tensorflow` would make pip install a second, GPU-sized TensorFlow next to a user's
-`tensorflow-cpu`, and an unpinned one could replace the version the binary needs. Install the
-matching TensorFlow first (see README, "Installing"). tf-keras itself declares `tensorflow`, which
-is why the Makefile installs it with --no-deps; do the same next to `tensorflow-cpu`.
+Dependencies: the op binary works only with the TensorFlow version it was compiled against
+(recorded next to it in the wheel and checked at import), so the wheel requires exactly that
+version: `tensorflow==<the version it was built with>` (_installed_tensorflow_version below; a
+build against another patch release pins that one), and a later patch release is not installed
+in its place (the loader would refuse the op: the slow pure-TF solve). The pin names
+`tensorflow`, the distribution that serves CPU and GPU on Linux (`tensorflow[and-cuda]`
+satisfies it too), even when the build ran on `tensorflow-cpu`: the op built on one loads in the
+other (CI installs the wheel built on `tensorflow-cpu` with `tensorflow`). Leaving TensorFlow
+out would not keep a second one away from a `tensorflow-cpu` install anyway: tf-keras, which the
+package needs, declares `tensorflow` itself. So `tensorflow-cpu` users install tf-keras and this
+wheel with --no-deps after the rest (README, "Installing": one command, which CI runs).
+
+Build without pip's build isolation: the isolated environment has no TensorFlow to compile
+against, and declaring one as a build requirement would compile against a second, downloaded
+one; tools/build_backend.py stops such a build at once and says what to do.
 """
 
 import importlib.util
@@ -82,6 +90,9 @@ class BuildOpLibrary(build_ext):
 
   def build_extension(self, ext):
     compile_flags, link_flags, tf_has_cuda, tf_version = _tf_build_info()
+    if tf_version.replace("-", ".") != TF_BUILD_VERSION:  # 2.x.y-dev2025... is 2.x.y.dev2025...
+      sys.exit(f"tfinvconv: TensorFlow {tf_version} imports, but the installed distribution's "
+               f"metadata, which the wheel's pin copies, says {TF_BUILD_VERSION}")
     output = self.get_ext_fullpath(ext.name)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     march = os.environ.get("TFINVCONV_MARCH", "")
@@ -121,10 +132,28 @@ def _cuda_include_shim(scratch, cuda_home):
   return shim
 
 
-# Pinned as in requirements.txt (tests/test_build_files.py compares them): TFP 0.25 is the
-# release for TF 2.21 and tf-keras must match TF's minor version.
+# The TensorFlow the repository is tested with, as in requirements.txt (tests/test_build_files.py
+# compares them): TFP 0.25 is the release for TF 2.21 and tf-keras must match TF's minor version.
 TF_VERSION = "2.21.0"
+
+
+def _installed_tensorflow_version():
+  """The version of the TensorFlow this environment imports, which the op is compiled against,
+  from its distribution's metadata (importing TF takes seconds); TF_VERSION where there is none
+  (an sdist is built without TensorFlow; a wheel never is: tools/build_backend.py)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  versions = {metadata.version(name)
+              for name in metadata.packages_distributions().get("tensorflow", [])}
+  if len(versions) > 1:  # two TensorFlows in one environment: which one imports is luck
+    sys.exit(f"tfinvconv: more than one TensorFlow is installed ({sorted(versions)}): keep one")
+  return versions.pop() if versions else TF_VERSION
+
+
+# The wheel's requirements: exactly the TensorFlow its op was built against (the docstring says
+# why `tensorflow`), and the versions tested here of the rest.
+TF_BUILD_VERSION = _installed_tensorflow_version()
 INSTALL_REQUIRES = [
+    f"tensorflow=={TF_BUILD_VERSION}",
     "tensorflow-probability==0.25.0",
     f"tf-keras=={TF_VERSION}",
     "scipy",  # the Conv1x1 bijector's random rotation and LU initialisation
@@ -136,11 +165,41 @@ EXTRAS_REQUIRE = {
     # pip alone cannot build it against TF >= 2.19.
     "horovod": ["horovod==0.28.1"],
 }
+# Placeholder: the repository has no public address yet (.invalid is reserved for names that
+# never resolve). Replace it before the first upload to an index.
+PROJECT_URL = "https://tfinvconv.invalid/"
+
+
+def _readme():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    return f.read()
+
 
 setup(
     name="tfinvconv",
     version="0.1.0",
     description="Invertible convolutions for normalizing flows in TensorFlow",
+    long_description=_readme(),
+    long_description_content_type="text/markdown",
+    url=PROJECT_URL,
+    author="The tfinvconv authors",
+    license_expression="Apache-2.0",  # PEP 639; LICENSE holds the text
+    license_files=["LICENSE"],
+    keywords=["normalizing flows", "invertible convolution", "glow", "tensorflow",
+              "tensorflow-probability", "custom op"],
+    classifiers=[
+        # No licence classifier: PEP 639 replaces them with License-Expression.
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: C++",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",  # the version built and tested here
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Mathematics",
+    ],
     packages=find_packages(include=["tfinvconv", "tfinvconv.*"]),
     # The version stamp next to the library (the .so itself comes from build_ext).
     package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version"]},

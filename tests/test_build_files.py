@@ -1,8 +1,20 @@
-"""BUILD (for Bazel users) and setup.py must compile the same sources; there is no Bazel here."""
+"""The build's own files: BUILD (for Bazel users) and setup.py compile the same sources (there is
+no Bazel here); the wheel's pins are the tested versions; the sdist holds every file a wheel build
+reads and complete metadata; pip's isolated build stops at once; README's install routes end with
+one TensorFlow. The end-to-end checks (the wheel built from the sdist, auditwheel, each route
+installed into an empty venv) are `make wheel-install-check`'s (tests/dist_check.py)."""
 
 import ast
+import hashlib
 import os
 import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests import dist_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,8 +99,141 @@ def test_wheel_pins_agree_with_requirements_and_makefile():
   tested["tf-keras"] = re.search(r"tf-keras==(\S+)", makefile).group(1)
   tested["horovod"] = re.search(r"HOROVOD_VERSION := (\S+)", makefile).group(1)
   assert tested["tensorflow-cpu"] == tf_version
-  assert {"tensorflow-probability", "tf-keras", "tensorflow-datasets", "horovod"} <= set(setup_pins)
+  # The wheel names `tensorflow` where the tests run `tensorflow-cpu`: the same TensorFlow under
+  # the name tf-keras declares too (setup.py's docstring says why).
+  tested["tensorflow"] = tested["tensorflow-cpu"]
+  assert {"tensorflow", "tensorflow-probability", "tf-keras", "tensorflow-datasets",
+          "horovod"} <= set(setup_pins)
   for name, version in setup_pins.items():
     assert tested.get(name) == version, f"setup.py pins {name}=={version}, tested: {tested.get(name)}"
-  assert not any(re.match(r"tensorflow(-cpu)?\b(?!-)", r) for r in declared), (
-      "TensorFlow itself is not declared (setup.py's docstring says why)")
+  tensorflows = [r for r in declared if re.match(r"(tensorflow|tf-nightly)(-cpu)?\b(?!-)", r)]
+  assert tensorflows == [f"tensorflow=={tf_version}"], (
+      f"the wheel requires exactly one TensorFlow, the one its op is built for: {tensorflows}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sdist, metadata, licence, pip's isolated build, README's install routes
+
+
+def _backend(hook, *args, hide_tensorflow=False):
+  """Calls a hook of tools/build_backend.py in a fresh interpreter in the repository root, as a
+  build frontend does; hide_tensorflow: as in pip's isolated build environment."""
+  code = ("import sys; sys.path.insert(0, 'tools')\n"
+          + ("sys.modules['tensorflow'] = None  # find_spec: None, as where it is not installed\n"
+             if hide_tensorflow else "")
+          + f"import build_backend; print(build_backend.{hook}(*sys.argv[1:]))")
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def _build_sdist(source, folder):
+  result = subprocess.run(
+      [sys.executable, "-c", "import sys; sys.path.insert(0, 'tools'); import build_backend; "
+       "print(build_backend.build_sdist(sys.argv[1]))", str(folder)],
+      cwd=source, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return os.path.join(folder, result.stdout.split()[-1])
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory):
+  """The sdist as `make sdist` builds it (setuptools through tools/build_backend.py)."""
+  return _build_sdist(ROOT, tmp_path_factory.mktemp("sdist"))
+
+
+def test_the_include_scan_finds_the_headers():
+  """dist_check's list of what the build reads follows #include: every header of the core."""
+  headers = {f"custom_ops/inverse_conv/core/{n}" for n in
+             os.listdir(os.path.join(ROOT, "custom_ops/inverse_conv/core")) if n.endswith(".h")}
+  assert headers and headers <= dist_check.build_inputs()
+
+
+def test_sdist_holds_every_file_the_build_reads_and_complete_metadata(sdist):
+  assert dist_check.sdist_problems(sdist) == []
+
+
+def test_an_sdist_without_a_header_fails(sdist, tmp_path):
+  """The check above can fail: the same sources with MANIFEST.in's header line removed."""
+  with tarfile.open(sdist) as archive:
+    archive.extractall(tmp_path, filter="data")
+  source = next(p for p in tmp_path.iterdir() if p.is_dir())
+  manifest = source / "MANIFEST.in"
+  lines = manifest.read_text().splitlines(keepends=True)
+  kept = [l for l in lines if "core/*.h" not in l]
+  assert len(kept) == len(lines) - 1, "MANIFEST.in names the core's headers on one line"
+  manifest.write_text("".join(kept))
+  # Built from a tree, not as an sdist of an sdist (whose SOURCES.txt would list the headers).
+  (source / "PKG-INFO").unlink()
+  for info in source.glob("*.egg-info"):
+    for f in info.iterdir():
+      f.unlink()
+    info.rmdir()
+  broken = _build_sdist(source, tmp_path / "out")
+  problems = " ".join(dist_check.sdist_problems(broken))
+  assert "lacks files the build needs" in problems and "inverse_conv.h" in problems, problems
+
+
+def test_metadata_problems_are_found():
+  text = "Metadata-Version: 2.4\nName: tfinvconv\nRequires-Dist: tensorflow-cpu==2.21.0\n\nx"
+  problems = " ".join(dist_check.metadata_problems(text, "m"))
+  for field in ("License-Expression", "Description-Content-Type", "Home-page", "Requires-Python",
+                "classifiers", "README", "TensorFlow requirements"):
+    assert field in problems, field
+
+
+def test_licence_is_the_apache_2_text():
+  with open(os.path.join(ROOT, "LICENSE"), "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  # sha256 of https://www.apache.org/licenses/LICENSE-2.0.txt (Debian's common-licenses copy).
+  assert digest == "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
+
+
+def test_isolated_build_stops_at_once_and_says_what_to_do():
+  """pip's isolated build environment has no TensorFlow: the backend's first hook stops there,
+  before pip resolves any dependency, with the commands to use instead."""
+  tf_version = ast.literal_eval(_setup_constant("TF_VERSION"))
+  for hook in ("get_requires_for_build_wheel", "get_requires_for_build_editable"):
+    result = _backend(hook, hide_tensorflow=True)
+    assert result.returncode != 0, hook
+    for needed in ("--no-build-isolation", f"pip install tensorflow=={tf_version}",
+                   "tfinvconv-0.1.0.tar.gz", 'README.md, "Installing"'):
+      assert needed in result.stderr, (hook, needed, result.stderr)
+  # An sdist needs no TensorFlow, and with TensorFlow the wheel hook goes on to setuptools.
+  assert _backend("get_requires_for_build_sdist", hide_tensorflow=True).returncode == 0
+  assert _backend("get_requires_for_build_wheel").returncode == 0
+
+
+def _requires_dist(sdist):
+  with tarfile.open(sdist) as archive:
+    member = next(m for m in archive.getnames() if m.count("/") == 1 and m.endswith("/PKG-INFO"))
+    text = archive.extractfile(member).read().decode()
+  return re.findall(r"^Requires-Dist: (.*)$", text, re.M)
+
+
+def test_readme_install_routes_end_with_one_tensorflow(sdist):
+  """README's two commands against the wheel's requirements: the tensorflow-cpu one resolves all
+  but the two requirements that declare `tensorflow` and installs those with --no-deps. The
+  route's run is make wheel-install-check's."""
+  tf_version = ast.literal_eval(_setup_constant("TF_VERSION"))
+  requires = _requires_dist(sdist)
+  commands = dist_check.readme_route_commands()
+  assert set(commands) == set(dist_check.ROUTES), commands
+  for route, command in commands.items():
+    assert dist_check.route_problems(route, command, requires, tf_version) == [], route
+  # The naive command, which installs `tensorflow` next to `tensorflow-cpu`, is refused, and so
+  # is one that leaves out a requirement.
+  wheel = "build/dist/tfinvconv-0.1.0-cp311-cp311-manylinux_2_24_x86_64.whl"
+  naive = f"pip install tensorflow-cpu=={tf_version} {wheel}"
+  assert dist_check.route_problems("tensorflow-cpu", naive, requires, tf_version)
+  short = commands["tensorflow-cpu"].replace(" scipy", "")
+  assert dist_check.route_problems("tensorflow-cpu", short, requires, tf_version)
+
+
+def test_pip_check_allows_only_tensorflow_cpu_standing_in_for_tensorflow():
+  output = ("tf-keras 2.21.0 requires tensorflow, which is not installed.\n"
+            "tfinvconv 0.1.0 requires tensorflow, which is not installed.\n")
+  assert dist_check.pip_check_problems("tensorflow-cpu", output) == []
+  assert len(dist_check.pip_check_problems("tensorflow", output)) == 2
+  other = "tfinvconv 0.1.0 requires scipy, which is not installed.\n"
+  assert dist_check.pip_check_problems("tensorflow-cpu", other)
+  assert dist_check.pip_check_problems("tensorflow", "No broken requirements found.\n") == []

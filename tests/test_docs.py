@@ -111,6 +111,7 @@ uint8_image_dataset = _tf.data.Dataset.from_tensor_slices(images).batch(2)
 NOT_IN_REPO = {
     ".venv/": "created by make setup",
     "build/wheels/": "make horovod's wheel cache",
+    "build/dist/": "where make sdist and make wheel write",
     "tfinvconv/ops/_inverse_conv_ops.tf_version": "written by the build next to the library",
     "runs/<dataset>-<mixer>": "a training run's folder",
     "tensorboard/": "inside a run folder",

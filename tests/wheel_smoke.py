@@ -1,11 +1,14 @@
-"""Smoke test of an installed tfinvconv wheel (`make wheel-smoke`), run from outside the source
-tree: the package and its op library come from the install, the library carries the TensorFlow
-version stamp it was built with and loads, the compiled op inverts the convolution, a bijector
-works inside a TFP TransformedDistribution, and a tiny Glow trains with a finite loss.
+"""Smoke test of an installed tfinvconv wheel (`make wheel-smoke`, and `make wheel-install-check`
+after each of README's install routes), run from outside the source tree: one TensorFlow is
+installed, the package and its op library come from the install, the library carries the
+TensorFlow version stamp it was built with, the wheel's metadata requires exactly that TensorFlow,
+the library loads, the compiled op inverts the convolution, a bijector works inside a TFP
+TransformedDistribution, and a tiny Glow trains with a finite loss.
 
     python tests/wheel_smoke.py SOURCE_ROOT     # SOURCE_ROOT: the checkout it must not use
 """
 
+from importlib import metadata
 import os
 import sys
 
@@ -31,9 +34,20 @@ def check_installed_package(source_root):
   with open(_loader.VERSION_FILE) as f:  # the stamp the import-time check reads
     stamp = f.read().strip()
   assert stamp == tf.__version__, f"wheel built for TF {stamp}, TF {tf.__version__} installed"
+  # The metadata pins what the stamp says (setup.py): pip installs the TensorFlow the op needs.
+  pins = [r for r in metadata.requires("tfinvconv") if r.startswith("tensorflow=")]
+  assert pins == [f"tensorflow=={stamp}"], (pins, stamp)
   library, reason = _loader.load_library()
   assert library is not None, reason
   print(f"tfinvconv from {package}, op library for TF {stamp}, CPU path {ops.cpu_path()}")
+
+
+def check_one_tensorflow():
+  """Two distributions that both ship the `tensorflow` package (tensorflow and tensorflow-cpu, as
+  a naive install next to tensorflow-cpu gets) overwrite each other's files."""
+  providers = metadata.packages_distributions().get("tensorflow", [])
+  assert len(set(providers)) == 1, f"TensorFlow distributions installed: {sorted(providers)}"
+  print(f"one TensorFlow: {providers[0]} {metadata.version(providers[0])}")
 
 
 def check_op_round_trip():
@@ -71,6 +85,7 @@ def check_tiny_glow_fit():
 def main(argv):
   if len(argv) != 2:
     sys.exit(__doc__)
+  check_one_tensorflow()
   check_installed_package(argv[1])
   check_op_round_trip()
   check_transformed_distribution()
