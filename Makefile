@@ -39,7 +39,7 @@ $(OP_LIBRARY): $(INSTALLED) $(OP_SOURCES)
 # The main job: train the digits preset (a few minutes on 2 cores), write samples and metrics.
 # --overwrite: re-running it starts over in runs/digits (a run folder is never mixed silently).
 train: setup
-	$(PY) -m train --preset digits --run-dir runs/digits --overwrite
+	$(PY) -m tfinvconv.train --preset digits --run-dir runs/digits --overwrite
 
 # A short op demo: invert a random layer, print the reconstruction error and timing.
 demo: setup

@@ -158,9 +158,12 @@ INSTALL_REQUIRES = [
     f"tf-keras=={TF_VERSION}",
     "scipy",  # the Conv1x1 bijector's random rotation and LU initialisation
     "numpy",
+    "tensorboard==2.21.0",  # tfinvconv-train writes its curves (TF no longer depends on it)
+    "scikit-learn",  # tfinvconv-train's bundled data: the digits and the two photos
+    "pillow",  # scikit-learn reads its photos with it
 ]
 EXTRAS_REQUIRE = {
-    "datasets": ["tensorflow-datasets==4.9.10"],  # python -m train with TFDS names
+    "datasets": ["tensorflow-datasets==4.9.10"],  # python -m tfinvconv.train with TFDS names
     # The Makefile builds horovod from source with a patch for this TF (`make horovod`);
     # pip alone cannot build it against TF >= 2.19.
     "horovod": ["horovod==0.28.1"],
@@ -204,6 +207,8 @@ setup(
     # The version stamp next to the library (the .so itself comes from build_ext).
     package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version"]},
     python_requires=">=3.10",
+    # The trainer (python -m tfinvconv.train) as a command.
+    entry_points={"console_scripts": ["tfinvconv-train = tfinvconv.train.__main__:main"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     ext_modules=[Extension(LIBRARY, sources=CORE_CPU_SOURCES + TF_WRAPPER_SOURCES)],

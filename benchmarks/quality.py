@@ -4,9 +4,9 @@ tfp.bijectors.Glow at matched parameter counts, trained the same way from severa
     .venv/bin/python -m benchmarks.quality [--datasets digits,photo_patches] [--seeds 3]
                                            [--steps N] [--quick]
 
-Each dataset's setting is train/presets.py's preset with this benchmark's overrides named
+Each dataset's setting is tfinvconv/train/presets.py's preset with this benchmark's overrides named
 (SETTINGS). Each model's coupling width is chosen so that its parameter count is within 5 % of
-the inverse_conv model's at the dataset's reference width. Every run: train.data's training
+the inverse_conv model's at the dataset's reference width. Every run: tfinvconv.train.data's training
 split and stream (batches in a seed-dependent order), the model's own training step
 (Glow.train_step, compiled as `fit` compiles it) with Adam and a linear warm-up, the same
 number of steps, then test bits/dim over the whole test split (dequantisation noise seeded).
@@ -29,10 +29,10 @@ from benchmarks import compiled_train_step, separation, write_results
 from benchmarks.tfp_glow import TfpGlow, count
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import MIXERS
-from train import baseline
-from train import data
-from train import presets
-from train.trainer import WarmupSchedule
+from tfinvconv.train import baseline
+from tfinvconv.train import data
+from tfinvconv.train import presets
+from tfinvconv.train.trainer import WarmupSchedule
 
 MODELS = ("inverse_conv", "1x1", "finc", "emerging", "nxn", "tfp_glow")  # most asked first
 assert set(MODELS) == set(MIXERS) | {"tfp_glow"}
@@ -47,7 +47,7 @@ def _steps_per_epoch(preset):
 
 
 def from_preset(name, epochs=None, **overrides):
-  """A dataset's setting, under the names quality.json records: train/presets.py's preset
+  """A dataset's setting, under the names quality.json records: tfinvconv/train/presets.py's preset
   `name` with its epochs (or `epochs`) and warm-up counted in steps, then `overrides`."""
   preset = presets.PRESETS[name]
   # Not recorded in quality.json: every model here has affine couplings (tfp's Glow has no
@@ -66,7 +66,7 @@ def from_preset(name, epochs=None, **overrides):
 
 
 # Per dataset: the model shape (levels, steps per level, reference coupling width), the data
-# reduction and the training length: `python -m train`'s preset but for the values named here.
+# reduction and the training length: `python -m tfinvconv.train`'s preset but for the values named here.
 SETTINGS = {
     # 20 of the preset's 40 epochs: 460 steps, after its 1 warm-up epoch (23 steps).
     "digits": from_preset("digits", epochs=20),
@@ -110,7 +110,7 @@ def matched_width(name, image_shape, setting, target):
 
 
 def train_and_measure(model, train_source, test_images, setting, seed):
-  """Trains with the model's own training step (Adam + warm-up) on train.data's training
+  """Trains with the model's own training step (Adam + warm-up) on tfinvconv.train.data's training
   stream, shuffled by `seed`; returns the measurements of one run."""
   batches = iter(data.pipeline(train_source, setting["batch"], seed=seed))
   first = next(batches)

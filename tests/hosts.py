@@ -3,7 +3,7 @@ a private bridge (a veth pair per host), so its processes reach the others only 
 network, and cutting a host's link (its veth set down) is a real network fault.
 
     with SimulatedHosts(2, root=tmp_path) as hosts:
-      hosts.popen(0, [sys.executable, "-m", "train", ...])   # runs inside host 0
+      hosts.popen(0, [sys.executable, "-m", "tfinvconv.train", ...])   # runs inside host 0
       hosts.cut(1); hosts.restore(1)
 
 Each host also gets its own folder (hosts.folder(i)), so nothing on disk is shared unless a test

@@ -1,5 +1,5 @@
 """The benchmarks take train's data, presets and training step instead of copies of their own
-(issue 18): they measure the step `fit` runs, on the data and settings `python -m train` uses."""
+(issue 18): they measure the step `fit` runs, on the data and settings `python -m tfinvconv.train` uses."""
 
 import glob
 import os
@@ -12,8 +12,8 @@ from benchmarks import bench_models
 from benchmarks import quality
 from benchmarks.tfp_glow import TfpGlow
 from tfinvconv.models import Glow
-from train import data
-from train import presets
+from tfinvconv.train import data
+from tfinvconv.train import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ QUALITY_OVERRIDES = {"digits": {"steps"}, "photo_patches": {"depth", "hidden", "
 def test_no_benchmark_loads_data_itself():
   for name, source in SOURCES.items():
     assert not re.search(r"sklearn|load_digits|load_sample_images", source), (
-        f"benchmarks/{name} loads data itself: take train.data's loaders")
+        f"benchmarks/{name} loads data itself: take tfinvconv.train.data's loaders")
 
 
 @pytest.mark.parametrize("call", sorted(OWN_STEPS))

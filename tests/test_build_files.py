@@ -53,7 +53,7 @@ def test_every_source_on_disk_is_built():
 def test_docs_live_in_the_repository():
   """Code and docs point into docs/, never to files outside the repository (../shared)."""
   outside = []
-  for folder in ("tfinvconv", "train", "custom_ops", "benchmarks", "docs"):
+  for folder in ("tfinvconv", "custom_ops", "benchmarks", "docs"):
     for base, _, names in os.walk(os.path.join(ROOT, folder)):
       for name in names:
         if name.endswith((".py", ".h", ".cc", ".cu", ".md")):

@@ -36,10 +36,12 @@ LANGUAGES = {"python", "sh", "bash", "console", "text"}
 SHELL = {"sh", "bash", "console"}
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 COMMANDS = PYTHONS | {"make", "pip", "horovodrun", "bash"}
+# setup.py's console scripts and the modules they run (test_console_scripts_match_setup checks).
+CONSOLE_SCRIPTS = {"tfinvconv-train": "tfinvconv.train"}
 # Modules whose entry point parses its arguments before doing anything else: the runner parses
 # the documented commands with their own parsers and stops there. A module not listed here is
 # only imported (a command with flags for it fails: check its entry point, then list it).
-PARSED_MODULES = {"train", "benchmarks", "benchmarks.quality", "benchmarks.bench_mixed",
+PARSED_MODULES = {"tfinvconv.train", "benchmarks", "benchmarks.quality", "benchmarks.bench_mixed",
                   "benchmarks.bench_portable", "benchmarks.bench_models"}
 # Flags that are pip's, named alone in the prose.
 OTHER_FLAGS = {"--no-deps", "--no-build-isolation"}
@@ -120,6 +122,7 @@ NOT_IN_REPO = {
     "metrics.json": "inside a run folder",
     "ranks/rank<N>.json": "inside a run folder",
     "test/": "a subfolder of a user's image folder (with train/)",
+    "train/": "a subfolder of a user's image folder (with test/)",
 }
 # Folders that hold no sources (outputs, caches), for a copy that is not a git checkout.
 UNTRACKED = {"build", "runs", "peers", "__pycache__", "tfinvconv.egg-info"}
@@ -189,6 +192,8 @@ def _words(command):
     return []
   while words and re.fullmatch(r"\w+=.*", words[0]):
     words = words[1:]
+  if words and os.path.basename(words[0]) in CONSOLE_SCRIPTS:  # the same as python -m MODULE
+    words = ["python", "-m", CONSOLE_SCRIPTS[os.path.basename(words[0])], *words[1:]]
   return words
 
 
@@ -224,14 +229,14 @@ def python_commands():
 
 
 def prose_flags():
-  """(document, "train", argv) for a flag named alone in the prose with a value (`--strategy
+  """(document, "tfinvconv.train", argv) for a flag named alone in the prose with a value (`--strategy
   mirrored`): the documents name the trainer's flags alone, and pip's (OTHER_FLAGS)."""
   found = []
   for doc, span in spans():
     words = span.split()
     if words and words[0].startswith("--") and words[0] not in OTHER_FLAGS and len(words) == 2 and \
        not re.fullmatch(r"[A-Z]+", words[1]):
-      found += [(doc, "train", alternative) for alternative in _alternatives(words)]
+      found += [(doc, "tfinvconv.train", alternative) for alternative in _alternatives(words)]
   return found
 
 
@@ -247,8 +252,8 @@ def _parse_only(module, argv):
   """Runs MODULE as `python -m MODULE argv` until its parser has read argv (the trainer: until
   it has made its configuration); returns what it printed and its exit code (0: parsed)."""
   import runpy  # pylint: disable=import-outside-toplevel
-  if module == "train":
-    from train.__main__ import parse  # pylint: disable=import-outside-toplevel
+  if module == "tfinvconv.train":
+    from tfinvconv.train.__main__ import parse  # pylint: disable=import-outside-toplevel
     output = io.StringIO()
     try:
       with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
@@ -418,7 +423,7 @@ def ran(tmp_path_factory):
             for key, entry in BLOCKS.items() if isinstance(entry, Run) and key in matched]
   commands = _parsed_commands()
   job = {"blocks": blocks, "commands": [[m, list(a)] for m, a in commands],
-         "help": sorted({m for m, _ in commands} | {"train"}), "names": _documented_names(),
+         "help": sorted({m for m, _ in commands} | {"tfinvconv.train"}), "names": _documented_names(),
          "calls": _documented_calls()}
   folder = tmp_path_factory.mktemp("docs")
   job_path, result_path = folder / "job.json", folder / "result.json"
@@ -616,7 +621,7 @@ def _looks_like_path(span):
 
 
 def _tfds_names():
-  return set(re.findall(r'"([\w]+/[\w]+)"', _read("train/presets.py")))
+  return set(re.findall(r'"([\w]+/[\w]+)"', _read("tfinvconv/train/presets.py")))
 
 
 def _path_problems(doc, span):
@@ -707,3 +712,10 @@ def test_environment_variables_are_read():
 
 if __name__ == "__main__":
   runner(*sys.argv[1:])
+
+
+def test_console_scripts_match_setup():
+  """Every console script setup.py installs is one this test parses, and runs that module."""
+  scripts = dict(re.findall(r'"([\w-]+) = ([\w.]+)\.__main__:main"', _read("setup.py")))
+  assert scripts == CONSOLE_SCRIPTS
+

@@ -1,6 +1,6 @@
 """What the four recipes share: the data (scikit-learn's digits, offline), the model and the
 report each worker prints. Sizes are tiny so that the tests run them in seconds; a real run
-takes train/presets.py's values."""
+takes tfinvconv/train/presets.py's values."""
 
 import json
 import sys

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tfinvconv.models import Glow
-from train import baseline
-from train import data
+from tfinvconv.train import baseline
+from tfinvconv.train import data
 
 
 def test_histogram_baseline_matches_a_hand_computation():

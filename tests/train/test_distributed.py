@@ -76,7 +76,7 @@ def _stopped_mid_epoch(run_dir, steps_per_epoch=8):
 def _rank_process(launcher, rank):
   import psutil  # pylint: disable=g-import-not-at-top  # installed by `make horovod`
   found = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-           if "train" in p.cmdline() and p.environ().get("HOROVOD_RANK") == str(rank)]
+           if "tfinvconv.train" in p.cmdline() and p.environ().get("HOROVOD_RANK") == str(rank)]
   assert found, f"rank {rank} not found"
   return found[-1]
 
@@ -90,7 +90,7 @@ def test_horovodrun_two_processes_gloo(tmp_path):
 
   def command(run_dir, *extra):
     return [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
-            "train", *TINY, "--run-dir", run_dir, *extra]
+            "tfinvconv.train", *TINY, "--run-dir", run_dir, *extra]
 
   def horovod(run_dir, *extra):
     result = subprocess.run(command(run_dir, *extra), cwd=ROOT, capture_output=True, text=True,
@@ -136,9 +136,9 @@ def _multiworker_environments():
 
 
 def _workers(environments, args, returncode=0, timeout=600):
-  """Runs `python -m train args --strategy multiworker` once per environment; their outputs."""
+  """Runs `python -m tfinvconv.train args --strategy multiworker` once per environment; their outputs."""
   processes = [subprocess.Popen(
-      [sys.executable, "-m", "train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      [sys.executable, "-m", "tfinvconv.train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
   outputs = [p.communicate(timeout=timeout)[0] for p in processes]
   for process, output in zip(processes, outputs):
@@ -165,7 +165,7 @@ def test_multiworker_mirrored_two_workers(tmp_path):
   resumed_dir = str(tmp_path / "mwms_resumed")
   resumed = [*TINY, "--batch-size", "16", "--run-dir", resumed_dir]
   processes = [subprocess.Popen(
-      [sys.executable, "-m", "train", *resumed, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      [sys.executable, "-m", "tfinvconv.train", *resumed, "--strategy", "multiworker"], cwd=ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in environments]
   outputs = _sigterm_mid_epoch(processes, "multiworker: 2 worker(s)", processes[1])
   for process, output in zip(processes, outputs):
@@ -178,7 +178,7 @@ def test_multiworker_mirrored_two_workers(tmp_path):
 def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
   """MirroredStrategy over two logical CPU devices: the all-reduce paths really run."""
   def command(run_dir, *extra):
-    return [sys.executable, "-m", "train", *TINY, "--strategy", "mirrored", "--cpu-replicas",
+    return [sys.executable, "-m", "tfinvconv.train", *TINY, "--strategy", "mirrored", "--cpu-replicas",
             "2", "--run-dir", run_dir, *extra]
 
   def mirrored(run_dir, *extra):
@@ -219,7 +219,7 @@ def test_multiworker_worker_killed_mid_run(tmp_path):
   run_dir = str(tmp_path / "mwms")
   args = [*FAULT_RUN, "--batch-size", "16", "--run-dir", run_dir]
   processes = [subprocess.Popen(
-      [sys.executable, "-m", "train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
+      [sys.executable, "-m", "tfinvconv.train", *args, "--strategy", "multiworker"], cwd=ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in environments]
   _wait_for_checkpoint(run_dir, processes)
   processes[1].send_signal(signal.SIGKILL)
@@ -239,7 +239,7 @@ def test_horovod_rank_killed_mid_run(tmp_path):
   horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
   run_dir = str(tmp_path / "hvd")
   command = lambda *extra: [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo",
-                            sys.executable, "-m", "train", *FAULT_RUN, "--batch-size", "32",
+                            sys.executable, "-m", "tfinvconv.train", *FAULT_RUN, "--batch-size", "32",
                             "--run-dir", run_dir, *extra]
   launcher = subprocess.Popen(command(), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)

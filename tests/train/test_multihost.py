@@ -1,4 +1,4 @@
-"""`python -m train --strategy multiworker` across two simulated hosts (tests/hosts.py: network
+"""`python -m tfinvconv.train --strategy multiworker` across two simulated hosts (tests/hosts.py: network
 namespaces on a bridge, each with its own address and its own folder): the workers agree, a
 worker whose disk holds no checkpoint resumes from the chief's, a cut link ends every worker
 within a bound with a message naming the lost one, and a host that does not answer at start is
@@ -49,7 +49,7 @@ class Cluster:
       env = dict(os.environ, TF_CONFIG=json.dumps(
           {"cluster": self.cluster, "task": {"type": "worker", "index": i}}))
       processes.append(self.hosts.popen(
-          i, [sys.executable, "-m", "train", *args, "--strategy", "multiworker", "--run-dir",
+          i, [sys.executable, "-m", "tfinvconv.train", *args, "--strategy", "multiworker", "--run-dir",
               self.run_dir(i), "--connect-timeout", str(CONNECT_TIMEOUT)],
           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True))
     return processes
@@ -138,7 +138,7 @@ def test_a_host_that_does_not_answer_at_start_is_an_error_not_a_hang(hosts):
 def test_the_lost_contact_message_names_the_other_worker():
   """Whatever TF's error names (the unhealthy task, this task, or none), a worker says which
   peer it lost and where the checkpoint is."""
-  from train.__main__ import lost_contact_message  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.__main__ import lost_contact_message  # pylint: disable=g-import-not-at-top
   config = lambda i, n=2: json.dumps({"cluster": {"worker": [f"h{j}:1" for j in range(n)]},
                                       "task": {"type": "worker", "index": i}})
   unhealthy = "The following tasks are unhealthy (stopped sending heartbeats):\n" \

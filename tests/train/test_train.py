@@ -12,17 +12,17 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from train import callbacks as cb
-from train import data
-from train import trainer
-from train.__main__ import parse
+from tfinvconv.train import callbacks as cb
+from tfinvconv.train import data
+from tfinvconv.train import trainer
+from tfinvconv.train.__main__ import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4"]
 
 
 def _cli(args, timeout=300, env=None):
-  return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, capture_output=True,
+  return subprocess.run([sys.executable, "-m", "tfinvconv.train", *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout, env=env)
 
 
@@ -152,7 +152,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
 def test_sigterm_from_outside_saves_a_checkpoint(tmp_path):
   run = tmp_path / "run"
   process = subprocess.Popen(
-      [sys.executable, "-m", "train", *TINY, "--epochs", "1000", "--run-dir", str(run),
+      [sys.executable, "-m", "tfinvconv.train", *TINY, "--epochs", "1000", "--run-dir", str(run),
        "--checkpoint-every", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
@@ -247,7 +247,7 @@ def _tree(folder):
 
 
 def test_a_used_run_folder_is_refused_untouched_unless_resume_or_overwrite(tmp_path, capsys):
-  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
   args = TINY + ["--run-dir", str(tmp_path / "run"), "--epochs", "2", "--steps-per-epoch", "3",
                  "--no-verbose"]
   assert main(args) == 0
@@ -282,7 +282,7 @@ BAD_VALUES = [
 
 
 def test_bad_command_line_values_are_one_line_errors(tmp_path, capsys):
-  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
   for args, message in BAD_VALUES:
     assert main(args + ["--run-dir", str(tmp_path / "r")]) == 2, args
     error = capsys.readouterr().err.strip().splitlines()
@@ -319,7 +319,7 @@ def test_mixed_precision_flag_is_honoured(tmp_path, capsys):
 
 
 def test_large_seeds_are_valid():
-  from train import distributed  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import distributed  # pylint: disable=g-import-not-at-top
   config = parse(["--seed", "5000000"])
   config.validate()
   engine = distributed.Engine()
@@ -330,7 +330,7 @@ def test_large_seeds_are_valid():
 
 def test_a_second_signal_exits_at_once():
   script = ("import os, signal, time\n"
-            "from train import callbacks\n"
+            "from tfinvconv.train import callbacks\n"
             "with callbacks.SignalFlag() as flag:\n"
             "  os.kill(os.getpid(), signal.SIGINT)\n"
             "  time.sleep(0.5)\n"
@@ -407,7 +407,7 @@ def test_folder_split_holds_out_every_class(tmp_path):
 
 
 def test_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys):
-  from train.__main__ import main  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
   args = TINY + ["--run-dir", str(tmp_path / "run"), "--steps-per-epoch", "3",
                  "--checkpoint-every", "2", "--no-verbose"]
   assert main(args + ["--epochs", "2"]) == 0

@@ -1,7 +1,7 @@
-"""Command line: python -m train [--preset NAME] [--flag value ...].
+"""Command line: tfinvconv-train (or python -m tfinvconv.train) [--preset NAME] [--flag ...].
 
-Presets carry the published hyperparameters (train/presets.py); every value has a flag.
-Distributed: `horovodrun -np N python -m train ...` (Horovod), or `--strategy mirrored` /
+Presets carry the published hyperparameters (tfinvconv/train/presets.py); every value has a
+flag. Distributed: `horovodrun -np N tfinvconv-train ...` (Horovod), or `--strategy mirrored` /
 `--strategy multiworker` (tf.distribute, workers described by TF_CONFIG).
 """
 
@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfinvconv.train import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HELP = {
     "dataset": "digits, photo_patches (crops of scikit-learn's two photos), a TFDS name "
@@ -62,8 +62,8 @@ CHOICES = {
 
 
 def parse(argv):
-  from train.trainer import Config  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+  from tfinvconv.train.trainer import Config  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="tfinvconv-train", description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default=None, choices=sorted(presets.PRESETS),
                       help="default: the preset made for --dataset (digits without one; "
                            "`images` for a folder or another dataset)")
@@ -95,7 +95,7 @@ def parse(argv):
 def main(argv=None):
   config = parse(sys.argv[1:] if argv is None else argv)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from train import trainer  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     return trainer.run(config)  # validates the configuration first
   except ValueError as error:  # bad data or configuration (MissingDatasetError too): say what

@@ -79,7 +79,7 @@ class Engine:
 
 
 class HorovodEngine(Engine):
-  """`horovodrun -np N python -m train ...`: one process per GPU (or CPU), Gloo or MPI."""
+  """`horovodrun -np N python -m tfinvconv.train ...`: one process per GPU (or CPU), Gloo or MPI."""
 
   name = "horovod"
 

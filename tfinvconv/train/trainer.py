@@ -17,10 +17,10 @@ import tf_keras
 from tfinvconv import training
 from tfinvconv.models import Glow
 from tfinvconv.models.glow import check_bins as glow_check_bins
-from train import baseline
-from train import callbacks as cb
-from train import data
-from train import distributed
+from tfinvconv.train import baseline
+from tfinvconv.train import callbacks as cb
+from tfinvconv.train import data
+from tfinvconv.train import distributed
 
 EXIT_NONFINITE = 3
 EXIT_LOST_WORKER = 4
@@ -352,7 +352,7 @@ def _write_outputs(config, engine, trainee, splits, run_dir, report, progress, h
       "test_bits_per_dim": test_bpd, "n_bins": model.n_bins,
       "baseline_bits_per_dim": baseline_bpd,
       "baseline": f"per-pixel histogram of {baseline_train} training images, evaluated on "
-                  f"{baseline_test} test images (train/baseline.py)",
+                  f"{baseline_test} test images (tfinvconv/train/baseline.py)",
       "params": int(model.count_params()),
       "step_time_ms": 1e3 * float(np.median(progress.step_times[1:] or [float("nan")])),
       "images_per_sec": progress.images_per_second,

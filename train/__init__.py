@@ -1,1 +1,0 @@
-"""The training system: `python -m train --preset digits` (see `python -m train --help`)."""
