@@ -134,6 +134,14 @@ def test_saved_model_loads_in_a_fresh_process_with_identical_numbers(mixer, digi
   np.testing.assert_array_equal(np.array(got["signature"], np.float32), want["log_prob"])
   assert np.all(np.isfinite(want["sample"])) and np.std(want["sample"]) > 0.01
 
+  # Images of another size are refused by the model's own sentence, naming both shapes.
+  for shape in ((2, 16, 16, 1), (2, 8, 8, 3)):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"this Glow was built for 8x8 with 1 channel images.*\[8 8 1\]"):
+      here.bits_per_dim(tf.zeros(shape, tf.uint8), seed)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"built for 8x8 with 1 channel"):
+    here.log_prob(tf.zeros((2, 4, 4, 1)))
+
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -26,9 +26,10 @@ def export_saved_model(model, directory):
   if not isinstance(model, glow.Glow):
     raise TypeError(f"export_saved_model takes a tfinvconv.models.Glow, got "
                     f"{type(model).__name__} (for other Keras models use model.export)")
-  height, width, channels = model.image_shape
-  data = tf.TensorSpec([None, height, width, channels], model.dtype, name="x")
-  images = tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")
+  # Any image size is accepted by the signature, so that the model itself refuses another size
+  # with its message naming both shapes (TF's signature error dumps the whole tensor instead).
+  data = tf.TensorSpec([None, None, None, None], model.dtype, name="x")
+  images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
   seed = tf.TensorSpec([2], tf.int64, name="seed")
 
   module = tf.Module()

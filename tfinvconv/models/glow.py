@@ -277,6 +277,8 @@ class Glow(tf_keras.Model):
                                         message=message.format("of another size"))
       with tf.control_dependencies([check]):
         x = tf.identity(x)
+      batch = shape[:-3] if shape.rank is not None else tf.TensorShape([None])
+      x = tf.ensure_shape(x, batch.concatenate(want))  # the layers need static sizes
     return x
 
   def _data_to_latent(self, x, initialize=False):
