@@ -19,7 +19,7 @@ from benchmarks import bench_ops
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GPU_NOTE = ("GPU columns: not measured - the GPU machines lent so far have no TensorFlow. The "
             "CUDA solve itself is measured against cuDNN at the op level by `make gpu-bench` "
-            "(benchmarks/results/ops_gpu.md, NVIDIA H200).")
+            "(benchmarks/results/ops_gpu.md, which names its GPU).")
 
 
 def _fmt(summary):
