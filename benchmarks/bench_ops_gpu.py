@@ -192,19 +192,25 @@ CONVERSION_KERNEL = re.compile(r"(?i)(nchwtonhwc|nhwctonchw|transpose|convert|co
                                r"permute|contiguous)")
 
 
+def event_us(fn):
+  """µs between a CUDA event recorded before fn() and one after it, once the second is done."""
+  start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+  start.record()
+  fn()
+  stop.record()
+  stop.synchronize()
+  return start.elapsed_time(stop) * 1e3
+
+
 def call_times(calls, repeats):
   """Median µs per call as an eager user pays it: an event recorded on an idle GPU, the call
   (host dispatch included), an event, a synchronisation; interleaved call by call."""
-  start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
   times = {name: [] for name in calls}
   for r in range(repeats + 3):  # 3 rounds of warm-up
     for name, fn in calls.items():
-      start.record()
-      fn()
-      stop.record()
-      stop.synchronize()
+      us = event_us(fn)
       if r >= 3:
-        times[name].append(start.elapsed_time(stop) * 1e3)
+        times[name].append(us)
   return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -223,15 +229,12 @@ def graph_time(fn, call_us, budget_us=3000.0, trials=3, replays=5):
     for _ in range(n):
       fn()
   graph.replay()
-  start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-  per_call = []
-  for _ in range(trials):
-    start.record()
+
+  def replay():
     for _ in range(replays):
       graph.replay()
-    stop.record()
-    stop.synchronize()
-    per_call.append(start.elapsed_time(stop) * 1e3 / (replays * n))
+
+  per_call = [event_us(replay) / (replays * n) for _ in range(trials)]
   del graph
   return statistics.median(per_call)
 
@@ -276,7 +279,7 @@ def conv_calls(x, kernel, memory_format=torch.channels_last):
   """cuDNN's causal convolution, its input gradient and its filter gradient for the shape of x
   (NHWC) and kernel (HWIO), every tensor in one memory format (channels_last or
   contiguous_format), so no framework copy runs.
-  The gradients call aten's convolution_backward with the real channels_last input:
+  The gradients call aten's convolution_backward with the real input in that format:
   torch.nn.grad.conv2d_input passes an expanded stand-in whose strides read as NCHW, and cuDNN
   then converts (measured: nchwToNhwc / nhwcToNchw kernels and a copy in every call)."""
   k = kernel.shape[0]
@@ -303,13 +306,12 @@ def measure_bandwidth(gib=1.0, copies=10):
   a = torch.empty(int(gib * 2**30) // 4, dtype=torch.float32, device="cuda")
   b = torch.empty_like(a)
   b.copy_(a)
-  start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-  start.record()
-  for _ in range(copies):
-    b.copy_(a)
-  stop.record()
-  stop.synchronize()
-  return 2 * a.numel() * 4 * copies / (start.elapsed_time(stop) * 1e-3)
+
+  def copy():
+    for _ in range(copies):
+      b.copy_(a)
+
+  return 2 * a.numel() * 4 * copies / (event_us(copy) * 1e-6)
 
 
 def measure_barrier_chain(core, threads, iterations=200_000):
@@ -317,14 +319,12 @@ def measure_barrier_chain(core, threads, iterations=200_000):
   sink = torch.empty(1, device="cuda")
   stream = torch.cuda.current_stream().cuda_stream
   core.lib.tfinvconv_barrier_chain(threads, 1000, sink.data_ptr(), stream)
-  start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-  start.record()
-  err = core.lib.tfinvconv_barrier_chain(threads, iterations, sink.data_ptr(), stream)
-  stop.record()
-  stop.synchronize()
-  if err:
-    raise RuntimeError(f"CUDA error {err} from the barrier-chain kernel")
-  return start.elapsed_time(stop) * 1e3 / iterations
+  errors = []
+  us = event_us(lambda: errors.append(
+      core.lib.tfinvconv_barrier_chain(threads, iterations, sink.data_ptr(), stream)))
+  if errors[0]:
+    raise RuntimeError(f"CUDA error {errors[0]} from the barrier-chain kernel")
+  return us / iterations
 
 
 def floors(batch, size, c, k, elem, plan, bandwidth, barrier_us):

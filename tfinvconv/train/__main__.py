@@ -126,34 +126,34 @@ def lost_contact_message(error, run_folder, tf_config=None):
           f"checkpoint {where} is intact: restart every worker with --resume")
 
 
-def _cluster_task(tf_config=None):
-  """(job, index) of this process from TF_CONFIG, or None outside a TF_CONFIG cluster."""
+def _tf_config(tf_config=None):
+  """TF_CONFIG (or the text given) as a dict; {} outside a TF_CONFIG cluster."""
   try:
     config = json.loads(tf_config if tf_config is not None else os.environ.get("TF_CONFIG", ""))
-    return config["task"]["type"], int(config["task"]["index"])
-  except (ValueError, KeyError, TypeError):
+  except ValueError:
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def _cluster_task(tf_config=None):
+  """(job, index) of this process, or None outside a TF_CONFIG cluster."""
+  task = _tf_config(tf_config).get("task", {})
+  try:
+    return task["type"], int(task["index"])
+  except (KeyError, TypeError, ValueError):
     return None
 
 
 def _cluster_tasks(tf_config=None):
   """Every (job, index) of the TF_CONFIG cluster (chief and workers), or []."""
-  try:
-    cluster = json.loads(tf_config if tf_config is not None else
-                         os.environ.get("TF_CONFIG", ""))["cluster"]
-  except (ValueError, KeyError, TypeError):
-    return []
+  cluster = _tf_config(tf_config).get("cluster", {})
   return [(job, i) for job in ("chief", "worker") for i in range(len(cluster.get(job, [])))]
 
 
 def _leader(tf_config=None):
   """The task that runs TF's coordination service (and writes checkpoints): the chief if the
   cluster has one, else worker 0."""
-  try:
-    cluster = json.loads(tf_config if tf_config is not None else
-                         os.environ.get("TF_CONFIG", ""))["cluster"]
-  except (ValueError, KeyError, TypeError):
-    return ("worker", 0)
-  return ("chief", 0) if cluster.get("chief") else ("worker", 0)
+  return ("chief", 0) if ("chief", 0) in _cluster_tasks(tf_config) else ("worker", 0)
 
 
 def _describe(task):
@@ -169,6 +169,7 @@ def _lost_task(text):
   if match:
     return match.group(1), int(match.group(2))
   return "another worker (" + (text.strip().splitlines() or ["no details"])[0][:200] + ")"
+
 
 if __name__ == "__main__":
   sys.exit(main())
