@@ -64,8 +64,18 @@ def _tf_build_info():
   """What the build needs from the installed TensorFlow: compile and link flags, whether it is a
   CUDA build, and its version (the library works with that version only)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return (tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(),
+  return (tf.sysconfig.get_compile_flags(), _without_framework(tf.sysconfig.get_link_flags()),
           tf.test.is_built_with_cuda(), tf.__version__)
+
+
+def _without_framework(link_flags):
+  """TF's link flags less libtensorflow_framework.so.2. The op is only ever loaded by
+  tf.load_op_library, after TensorFlow has loaded that library with RTLD_GLOBAL (its
+  pywrap_dlopen_global_flags), so the op's TF symbols resolve against the one in the process.
+  Not naming it keeps it out of the op's DT_NEEDED, where no manylinux policy allows it: the
+  wheel then passes `auditwheel show` as it is (tests/dist_check.py)."""
+  return [flag for flag in link_flags if "tensorflow_framework" not in flag
+          and not flag.startswith("-L")]
 
 
 def _want_cuda(tf_has_cuda):

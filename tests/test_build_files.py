@@ -237,3 +237,23 @@ def test_pip_check_allows_only_tensorflow_cpu_standing_in_for_tensorflow():
   other = "tfinvconv 0.1.0 requires scipy, which is not installed.\n"
   assert dist_check.pip_check_problems("tensorflow-cpu", other)
   assert dist_check.pip_check_problems("tensorflow", "No broken requirements found.\n") == []
+
+
+def _needed_libraries(library):
+  dynamic = subprocess.run(["readelf", "-d", library], capture_output=True, text=True, check=True)
+  return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic.stdout)
+
+
+def test_op_library_names_no_tensorflow_library_and_loads():
+  """The op takes TensorFlow's symbols from the process that loads it: a DT_NEEDED entry for
+  libtensorflow_framework.so.2 is what would make the wheel fail `auditwheel show` (no manylinux
+  policy lists it). The library must still load and run through tf.load_op_library."""
+  library = os.path.join(ROOT, "tfinvconv", "ops", "_inverse_conv_ops.so")
+  needed = _needed_libraries(library)
+  assert "libstdc++.so.6" in needed, needed  # readelf read the right section
+  assert not [n for n in needed if "tensorflow" in n], needed
+  loaded = subprocess.run(
+      [sys.executable, "-c", "import tensorflow as tf; "
+       f"print(tf.load_op_library({library!r}).tf_inv_conv_cpu_path().numpy().decode())"],
+      capture_output=True, text=True, check=False)
+  assert loaded.returncode == 0 and loaded.stdout.strip(), loaded.stderr[-2000:]
