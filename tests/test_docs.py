@@ -507,16 +507,24 @@ def _help_flags(help_text):
   return set(re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", help_text))
 
 
+def _horovodrun_flags():
+  """horovodrun's own flags, which docs/multi_gpu.md names in its launch commands."""
+  horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+  shown = subprocess.run([horovodrun, "--help"], capture_output=True, text=True, check=True)
+  return _help_flags(shown.stdout)
+
+
 def test_help_lists_every_documented_flag(ran):
   """Each command's flags are in its module's --help; a flag named alone in the prose
-  (`--n-bins N`) is one of the trainer's (or another documented module's, or pip's)."""
+  (`--n-bins N`) is one of the trainer's (or another documented module's, horovodrun's or
+  pip's)."""
   helps = {m: out for m, (out, _) in ran["help"].items()}
   assert all(code == 0 for _, code in ran["help"].values()), ran["help"]
   for _, module, argv in python_commands():
     if module in helps:
       unknown = {a.split("=")[0] for a in argv if a.startswith("--")} - _help_flags(helps[module])
       assert not unknown, f"python -m {module} --help does not list {unknown}"
-  known = set().union(*map(_help_flags, helps.values())) | OTHER_FLAGS
+  known = set().union(*map(_help_flags, helps.values()), _horovodrun_flags()) | OTHER_FLAGS
   alone = {span.split()[0].split("=")[0] for _, span in spans() if span.startswith("--")}
   assert alone <= known, f"flags no documented module has: {alone - known}"
 

@@ -12,6 +12,13 @@ instead of building a Horovod that half works.
    then Keras 3 callbacks (a tf_keras `fit` fails on them) and `MetricAverageCallback` calls
    `keras.backend.constant`, which Keras 3 lacks. Its modules import tf_keras instead, the Keras 2
    that TensorFlow Probability (and so tfinvconv) needs.
+3. Gloo across hosts: the Gloo context of a process set (Horovod makes one for the global set in
+   `hvd.init()`) builds its device from its own, empty interface name instead of the global
+   context's `HOROVOD_GLOO_IFACE`, so it binds to whatever the host name resolves to. Where that
+   is not the interface `horovodrun --network-interface` chose (a loopback address, another
+   network), the ranks connect to addresses the others cannot reach and `hvd.init()` aborts
+   (tests/train/test_multihost.py, horovodrun across simulated hosts). The process set takes the
+   global context's interface.
 """
 
 import os
@@ -27,6 +34,12 @@ PATCHES = {
          "#if TENSORFLOW_VERSION >= 2006000000 && HAVE_GPU\n", 1)],
     "horovod/tensorflow/keras/__init__.py": KERAS_IMPORTS,
     "horovod/tensorflow/keras/callbacks.py": KERAS_IMPORTS,
+    "horovod/common/gloo/gloo_context.cc": [
+        ("  attr device_attr;\n  device_attr.iface = gloo_iface_;\n  device_attr.ai_family = AF_UNSPEC;\n"
+         "  auto dev = CreateDevice(device_attr);\n\n  global_ctx = global_context.ctx;\n",
+         "  gloo_iface_ = global_context.gloo_iface_;\n"
+         "  attr device_attr;\n  device_attr.iface = gloo_iface_;\n  device_attr.ai_family = AF_UNSPEC;\n"
+         "  auto dev = CreateDevice(device_attr);\n\n  global_ctx = global_context.ctx;\n", 1)],
     "horovod/tensorflow/keras/elastic.py": [
         ("import tensorflow as tf\n", "import tensorflow as tf\nimport tf_keras\n", 1),
         ("tf.keras.", "tf_keras.", 7)],

@@ -1,8 +1,9 @@
-"""`python -m tfinvconv.train --strategy multiworker` across two simulated hosts (tests/hosts.py: network
-namespaces on a bridge, each with its own address and its own folder): the workers agree, a
-worker whose disk holds no checkpoint resumes from the chief's, a cut link ends every worker
-within a bound with a message naming the lost one, and a host that does not answer at start is
-an error within --connect-timeout, not a hang."""
+"""`python -m tfinvconv.train` across two simulated hosts (tests/hosts.py: network namespaces on a
+bridge, each with its own address and its own disk). Under horovodrun (one rank per host, ssh to
+the other, the interface named or left to Horovod) and MultiWorkerMirrored: the workers agree,
+and a worker whose disk holds no checkpoint resumes from the chief's. For MultiWorkerMirrored
+also: a cut link ends every worker within a bound with a message naming the lost one, and a host
+that does not answer at start is an error within --connect-timeout, not a hang."""
 
 import glob
 import json
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
-from tests.hosts import SimulatedHosts
+from tests.hosts import INTERFACE, SimulatedHosts
 from tests.train import test_distributed as single_host
 
 ROOT = single_host.ROOT
@@ -30,6 +32,113 @@ def hosts(tmp_path_factory):
     pytest.skip(reason)
   with SimulatedHosts(2, tmp_path_factory.mktemp("hosts")) as simulated:
     yield simulated
+
+
+@pytest.fixture(scope="module")
+def ssh_key(hosts):
+  reason = SimulatedHosts.sshd_unavailable()
+  if reason:
+    pytest.fail(reason)
+  return hosts.start_sshd()
+
+
+class HorovodJob:
+  """horovodrun on host 0, one rank on each host (host 1's over ssh). Every rank is given the same
+  --run-dir, hosts.disk/<name>: on each host its own disk, as with a local path on real nodes."""
+
+  def __init__(self, hosts, key, name, interface):
+    self.hosts, self.key, self.name, self.interface = hosts, key, name, interface
+
+  def run_dir(self, i):
+    return os.path.join(self.hosts.folder(i), self.name)
+
+  def start(self, args):
+    slots = ",".join(f"{address}:1" for address in self.hosts.addresses)
+    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
+               "-H", slots, "--gloo", "--ssh-identity-file", self.key, *self.interface,
+               sys.executable, "-m", "tfinvconv.train", *args, "--run-dir",
+               os.path.join(self.hosts.disk, self.name)]
+    return self.hosts.popen(0, command, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+  def run(self, args):
+    launcher = self.start(args)
+    output = launcher.communicate(timeout=600)[0]
+    assert launcher.returncode == 0, output[-4000:]
+    return output
+
+  def ranks(self):
+    return [json.loads(open(os.path.join(self.run_dir(i), "ranks", f"rank{i}.json")).read())
+            for i in range(2)]
+
+  def rank_process(self, rank):
+    """Rank `rank`'s trainer, wherever it runs (host 1's is a child of its sshd)."""
+    run_dir = os.path.join(self.hosts.disk, self.name)
+    for process in psutil.process_iter():
+      try:
+        if (run_dir in process.cmdline() and "tfinvconv.train" in process.cmdline() and
+            process.environ().get("HOROVOD_RANK") == str(rank)):
+          return process
+      except (psutil.NoSuchProcess, psutil.AccessDenied):
+        continue
+    raise AssertionError(f"rank {rank} of {self.name} not found")
+
+
+# Named as users name it on real nodes, and left to horovodrun, which then finds the interfaces
+# every host can reach the others on by starting a task service on each over ssh.
+INTERFACES = {"named": ["--network-interface", INTERFACE], "found_by_horovod": []}
+
+
+@pytest.mark.parametrize("interface", sorted(INTERFACES))
+def test_horovodrun_across_two_hosts_agrees_and_resumes_from_the_chiefs_disk(
+    hosts, ssh_key, interface):
+  args = [*single_host.TINY, "--batch-size", "16"]
+  plain = HorovodJob(hosts, ssh_key, f"hvd_{interface}", INTERFACES[interface])
+  output = plain.run(args)
+  assert "horovod: 2 worker(s)" in output
+  single_host._assert_identical_and_learning(plain.ranks())  # pylint: disable=protected-access
+  assert glob.glob(os.path.join(plain.run_dir(0), "checkpoints", "ckpt-*.index"))
+  assert not os.path.exists(os.path.join(plain.run_dir(1), "checkpoints"))
+  if interface != "named":
+    return  # the stop and resume below do not depend on how the interface was chosen
+  # SIGTERM to rank 1 on host 1 mid-epoch; on --resume only host 0's disk holds the checkpoint,
+  # and both ranks end with the uninterrupted run's weights.
+  resumed = HorovodJob(hosts, ssh_key, "hvd_resumed", INTERFACES[interface])
+  launcher = resumed.start(args)
+  output = single_host._sigterm_mid_epoch(  # pylint: disable=protected-access
+      [launcher], "horovod: 2 worker(s)", lambda: resumed.rank_process(1))[0]
+  assert launcher.returncode != 0 and "checkpoint saved; continue with --resume" in output
+  assert not glob.glob(os.path.join(resumed.run_dir(1), "checkpoints", "ckpt-*.index"))
+  assert "resumed from" in resumed.run(args + ["--resume"])
+  single_host._assert_same_weights(resumed.ranks(), plain.ranks())  # pylint: disable=protected-access
+
+
+def test_horovodrun_a_cut_link_ends_the_job_in_bounded_time(hosts, ssh_key):
+  """Host 1's link goes down mid-run: Gloo gives up on the unreachable rank (30 s), rank 0 says
+  what happened and where the checkpoint is, without a traceback, and horovodrun ends the job;
+  with the link back, --resume finishes it."""
+  job = HorovodJob(hosts, ssh_key, "hvd_cut", INTERFACES["named"])
+  args = [*single_host.FAULT_RUN, "--batch-size", "16"]
+  launcher = job.start(args)
+  single_host._wait_for_checkpoint(job.run_dir(0), [launcher])  # pylint: disable=protected-access
+  hosts.cut(1)
+  try:
+    start = time.time()
+    output = launcher.communicate(timeout=STOP_WITHIN_SECONDS + 120)[0]
+    elapsed = time.time() - start
+  finally:
+    hosts.restore(1)
+  assert elapsed < STOP_WITHIN_SECONDS, f"took {elapsed:.0f} s"
+  assert launcher.returncode != 0
+  rank0 = "".join(line[len("[0]<stderr>:"):] + "\n" for line in output.splitlines()
+                  if line.startswith("[0]<stderr>:"))
+  assert "error: Horovod shut down mid-run" in rank0 and "restart every rank with --resume" in rank0
+  assert "Traceback" not in rank0, rank0[-3000:]
+  assert "Exit code: 4" in output, output[-3000:]  # horovodrun reports rank 0's status
+  print(f"horovodrun ended {elapsed:.1f} s after the link went down")
+  assert "resumed from" in job.run(args + ["--resume"])
+  ranks = job.ranks()
+  assert ranks[1]["weights_sum"] == pytest.approx(ranks[0]["weights_sum"], rel=1e-9, abs=1e-9)
 
 
 class Cluster:
@@ -116,6 +225,32 @@ def test_a_cut_link_ends_every_worker_in_bounded_time(hosts):
   assert "resumed from" in cluster.run(args + ["--resume"])[0]  # the link is back: it finishes
   ranks = cluster.ranks()
   assert ranks[1]["weights_sum"] == pytest.approx(ranks[0]["weights_sum"], rel=1e-9, abs=1e-9)
+
+
+def _step_time_ms(cluster):
+  with open(os.path.join(cluster.run_dir(0), "metrics.json")) as f:
+    return json.load(f)["step_time_ms"]
+
+
+def test_a_slow_lossy_link_costs_time_not_correctness(hosts):
+  """Host 1's link at 1 Mbit/s with a 3 kB queue (packets beyond it are dropped): the run
+  finishes with both workers agreeing; the step-time cost is printed."""
+  args = [*single_host.TINY, "--batch-size", "16"]
+  fast = Cluster(hosts, "fast_link")
+  fast.run(args)
+  slow = Cluster(hosts, "slow_link")
+  hosts.throttle(1, rate="1mbit", queue="3kb")
+  try:
+    slow.run(args)
+    dropped = hosts.dropped(1)
+  finally:
+    hosts.unthrottle(1)
+  fast_ms, slow_ms = _step_time_ms(fast), _step_time_ms(slow)
+  print(f"median step time: {fast_ms:.1f} ms on the bridge, {slow_ms:.1f} ms at 1 Mbit/s with "
+        f"{dropped} packets dropped ({slow_ms / fast_ms:.1f}x)")
+  single_host._assert_identical_and_learning(slow.ranks())  # pylint: disable=protected-access
+  assert dropped > 0, "the throttled link dropped nothing: the test did not make it lossy"
+  assert slow_ms > fast_ms, (fast_ms, slow_ms)  # the throttle bit
 
 
 def test_a_host_that_does_not_answer_at_start_is_an_error_not_a_hang(hosts):

@@ -107,6 +107,25 @@ def main(argv=None):
     sys.stdout.flush()
     # The collectives are broken now; interpreter teardown can hang or print noise: leave.
     os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
+  except tf.errors.OpError as error:
+    if HOROVOD_SHUT_DOWN not in str(error):
+      raise
+    print(f"error: {horovod_lost_message(config.folder())}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
+
+
+# What Horovod's ops raise once its background loop has stopped (a rank ended, or Gloo timed out
+# on a peer it cannot reach).
+HOROVOD_SHUT_DOWN = "Horovod has been shut down"
+
+
+def horovod_lost_message(run_folder):
+  return ("Horovod shut down mid-run: another rank ended or this one can no longer reach it "
+          "(Gloo gives up after HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default; horovodrun names "
+          "the rank that ended). The last checkpoint, on the disk of rank 0, which writes it, is "
+          f"intact ({os.path.join(run_folder, 'checkpoints')} there): restart every rank with "
+          "--resume")
 
 
 def lost_contact_message(error, run_folder, tf_config=None):
