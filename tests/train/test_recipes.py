@@ -201,6 +201,82 @@ def test_every_gradient_path_without_averaging_is_refused():
                    "guarded_averaged": "trained"}, outputs[0][-4000:]
 
 
+LOOPS = '''
+import os, tempfile
+import tensorflow as tf, tf_keras
+import horovod.tensorflow as hvd
+from tfinvconv.models import export_saved_model
+from common import make_glow, worker_batches
+hvd.init()
+batches = iter(worker_batches(hvd.rank(), hvd.size()))
+
+
+def train(apply, wrap_tape, broadcast):
+  """A user's own loop, as Horovod's TensorFlow 2 guide writes it, without our gradient check:
+  ActNorm initialises in the first step, from each worker's own batch."""
+  model, optimizer = make_glow(), tf_keras.optimizers.Adam(1e-3)
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(model.bits_per_dim(images))
+    tape = wrap_tape(tape)
+    if apply == "minimize":
+      optimizer.minimize(loss, model.trainable_variables, tape=tape)
+    else:
+      gradients = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+
+  for i in range(4):
+    step(next(batches))
+    if i == 0 and broadcast:  # where Horovod's guide broadcasts: after the first step
+      hvd.broadcast_variables(model.variables, root_rank=0)
+      hvd.broadcast_variables(optimizer.variables, root_rank=0)
+  return model
+
+
+plain = lambda tape: tape
+cases = {
+    "averaged": ("apply", hvd.DistributedGradientTape, True),
+    "plain_tape": ("apply", plain, True),
+    "plain_minimize": ("minimize", plain, True),
+    "never_broadcast": ("apply", hvd.DistributedGradientTape, False),
+}
+for name, case in cases.items():
+  try:
+    model = train(*case)
+  except tf.errors.InvalidArgumentError as error:
+    said = "hold different weights" in str(error) and "broadcast_variables" in str(error)
+    print(f"CASE {name} refused {said}", flush=True)
+    continue
+  weights = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.trainable_variables])
+  print(f"CASE {name} trained", flush=True)
+  print(f"WEIGHTS {hvd.rank()} {float(weights)!r}", flush=True)
+  folder = tempfile.mkdtemp()
+  export_saved_model(model, folder)  # under Horovod: the SavedModel must not need it
+  with open(os.path.join(folder, "saved_model.pb"), "rb") as f:
+    print(f"EXPORT holds Horovod ops: {b'Horovod' in f.read()}", flush=True)
+'''
+
+
+def test_a_users_own_loop_without_averaging_or_broadcast_is_refused():
+  """Loops that never call our check: a plain tape or `minimize` with a plain optimizer, or
+  averaged gradients from weights never broadcast, are refused at the step after the weights
+  parted, naming the fix. Horovod's own TF2 recipe (average, broadcast after the first step)
+  trains, its workers agree, and its SavedModel holds no Horovod op."""
+  outputs = _run("horovod_loops.py", LOOPS)
+  for rank in (0, 1):
+    lines = "\n".join(line.split(":", 1)[1] for line in outputs[0].splitlines()
+                      if line.startswith(f"[{rank}]<stdout>:"))
+    cases = dict(re.findall(r"CASE (\w+) (.+)", lines))
+    assert cases == {"averaged": "trained", "plain_tape": "refused True",
+                     "plain_minimize": "refused True", "never_broadcast": "refused True"}, (
+                         rank, outputs[0][-4000:])
+    assert "EXPORT holds Horovod ops: False" in lines
+  weights = dict(re.findall(r"WEIGHTS (\d) (\S+)", outputs[0]))
+  assert weights.keys() == {"0", "1"} and weights["0"] == weights["1"], weights
+
+
 def test_the_docs_show_the_recipes_as_tested():
   with open(os.path.join(ROOT, "docs", "multi_gpu.md")) as f:
     docs = f.read()

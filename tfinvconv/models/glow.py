@@ -161,7 +161,9 @@ class Glow(tf_keras.Model):
 
   Training: `train_step` is a plain maximum-likelihood step through the optimizer's own
   gradient API, so Horovod's `DistributedOptimizer` and tf.distribute hook in as their guides
-  say (docs/multi_gpu.md); under Horovod it refuses gradients that differ between workers.
+  say (docs/multi_gpu.md); under Horovod it refuses gradients that differ between workers, and
+  any gradient through its log-density, in any loop, refuses weights that differ between them
+  (`tfinvconv.models.workers`).
   Non-finite skips and step counters for exact resume are `tfinvconv.training.GuardedTraining`.
   Images must have the model's `image_shape`; every entry point refuses other sizes.
 
@@ -304,7 +306,7 @@ class Glow(tf_keras.Model):
     mean, log_scale = self.top_prior(z)
     total += priors.gaussian_log_prob(z, mean, log_scale)
     latents.append((z - mean) * tf.exp(-log_scale))
-    return latents, total
+    return latents, workers.check_weights_on_gradient(total, self)
 
   def log_prob(self, x):
     """Log density of continuous scaled data x ([B, H, W, C] in about [-0.5, 0.5])."""

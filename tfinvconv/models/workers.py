@@ -1,16 +1,24 @@
-"""Refuses training steps whose gradients differ between Horovod workers.
+"""Refuses training steps whose gradients or weights differ between Horovod workers.
 
 Horovod averages gradients in its wrappers: `hvd.DistributedOptimizer` inside the optimizer's
 `compute_gradients`, `hvd.DistributedGradientTape` inside `gradient`. Under `horovodrun` with a
 plain optimizer (or one that computes gradients some other way) every worker keeps its own
 gradients: the workers train different models, and `MetricAverageCallback` still prints one
-averaged loss. The check costs one all-reduce of four numbers per step.
+averaged loss. Two checks, each one all-reduce of four numbers:
+
+- `check_gradients_agree`: the gradients a step is about to apply (Glow's `train_step` and the
+  custom-loop recipe); it fails at the first step that was not averaged.
+- `check_weights_on_gradient`: wraps Glow's log-density, so that any gradient taken through it,
+  by any tape or optimizer, first compares the model's weights. A loop that never averages (or
+  never broadcast rank 0's weights) fails at the step after the weights parted.
 
 Horovod is never imported here: a process that has not imported and initialised it is not one
 of several Horovod workers.
 """
 
+import contextlib
 import sys
+import weakref
 
 import tensorflow as tf
 
@@ -34,6 +42,15 @@ def horovod_workers():
   return hvd if hvd.size() > 1 else None
 
 
+WEIGHTS_DIFFER = (
+    "the Horovod workers hold different weights for the same step, so each trains its own "
+    "model behind averaged metrics. Start every worker from rank 0's weights "
+    "(hvd.broadcast_variables(model.variables, root_rank=0) before training or after its first "
+    "step, or BroadcastGlobalVariablesCallback(0) with fit) and average every step's "
+    "gradients (hvd.DistributedGradientTape(tape) in a custom loop, hvd.DistributedOptimizer "
+    "with fit; docs/multi_gpu.md)")
+
+
 def check_gradients_agree(gradients):
   """An op that fails (InvalidArgumentError naming the fix) when these gradients are not the
   same on every Horovod worker; a no-op outside Horovod. Non-finite gradients pass: the
@@ -42,14 +59,72 @@ def check_gradients_agree(gradients):
   gradients = [tf.convert_to_tensor(g) for g in gradients if g is not None]
   if hvd is None or not gradients:
     return tf.no_op()
-  as_float64 = [tf.cast(g, tf.float64) for g in gradients]
-  total = tf.add_n([tf.reduce_sum(g) for g in as_float64])
-  squares = tf.add_n([tf.reduce_sum(tf.square(g)) for g in as_float64])
+  return _assert_same_everywhere(hvd, gradients, "tfinvconv_gradient_check", NOT_AVERAGED)
+
+
+def _assert_same_everywhere(hvd, tensors, name, message):
+  """An op that fails with `message` unless `tensors` have the same sum and sum of squares on
+  every worker (non-finite ones pass)."""
+  as_float64 = [tf.cast(t, tf.float64) for t in tensors]
+  total = tf.add_n([tf.reduce_sum(t) for t in as_float64])
+  squares = tf.add_n([tf.reduce_sum(tf.square(t)) for t in as_float64])
   # max over workers of (total, squares, -total, -squares): their max and min in one all-reduce.
-  highest = hvd.allreduce(tf.stack([total, squares, -total, -squares]), op=hvd.Max,
-                          name="tfinvconv_gradient_check")
+  highest = hvd.allreduce(tf.stack([total, squares, -total, -squares]), op=hvd.Max, name=name)
   spread = highest[:2] + highest[2:]
   size = tf.abs(highest[:2]) + tf.abs(highest[2:])
   agree = tf.reduce_all(spread <= _RELATIVE_TOLERANCE * size)
   finite = tf.reduce_all(tf.math.is_finite(highest))
-  return tf.debugging.Assert(tf.logical_or(agree, tf.logical_not(finite)), [NOT_AVERAGED])
+  return tf.debugging.Assert(tf.logical_or(agree, tf.logical_not(finite)), [message])
+
+
+_UNCHECKED = []
+
+
+@contextlib.contextmanager
+def unchecked():
+  """Functions traced inside carry no weight check: a SavedModel must not hold Horovod's ops
+  in the gradient of its log-density, or no process without Horovod could load it."""
+  _UNCHECKED.append(True)
+  try:
+    yield
+  finally:
+    _UNCHECKED.pop()
+
+
+# Per model: how many gradients have been taken through its log-density in this process.
+_GRADIENTS_TAKEN = weakref.WeakKeyDictionary()
+
+
+def _gradients_taken(model):
+  if model not in _GRADIENTS_TAKEN:
+    with tf.init_scope():  # created once, outside any tf.function being traced
+      _GRADIENTS_TAKEN[model] = tf.Variable(0, trainable=False, dtype=tf.int64,
+                                            name="gradients_taken")
+  return _GRADIENTS_TAKEN[model]
+
+
+def check_weights_on_gradient(value, model):
+  """`value` (the model's log-density) unchanged. Under Horovod, a gradient through it first
+  checks that `model`'s trainable weights are the same on every worker, and fails naming the fix
+  when they are not; a plain identity outside Horovod. The model's first gradient is not checked:
+  Horovod's guides broadcast rank 0's weights after the first step. Every worker must take its
+  gradients together, as data-parallel training does (the check is a collective)."""
+  hvd = horovod_workers()
+  if hvd is None or _UNCHECKED:
+    return value
+  taken = _gradients_taken(model)
+
+  def check():
+    with tf.control_dependencies([_assert_same_everywhere(
+        hvd, model.trainable_variables, "tfinvconv_weight_check", WEIGHTS_DIFFER)]):
+      return tf.constant(True)
+
+  @tf.custom_gradient
+  def identity(x):
+    def gradient(upstream):
+      checked = tf.cond(taken > 0, check, lambda: tf.constant(False))
+      with tf.control_dependencies([checked, taken.assign_add(1)]):
+        return tf.identity(upstream)
+    return tf.identity(x), gradient
+
+  return identity(value)
