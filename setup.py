@@ -69,7 +69,8 @@ def _tf_build_info():
 
 
 def _without_framework(link_flags):
-  """TF's link flags less libtensorflow_framework.so.2. The op is only ever loaded by
+  """TF's link flags less libtensorflow_framework.so.2 (and the -L folder it is found in: the
+  op links no other library of TF's). The op is only ever loaded by
   tf.load_op_library, after TensorFlow has loaded that library with RTLD_GLOBAL (its
   pywrap_dlopen_global_flags), so the op's TF symbols resolve against the one in the process.
   Not naming it keeps it out of the op's DT_NEEDED, where no manylinux policy allows it: the

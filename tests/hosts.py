@@ -11,7 +11,9 @@ passes one path to several hosts on purpose (as an NFS mount would be). Every pr
 also sees its own folder at one common path, hosts.disk (a bind mount in a mount namespace of its
 own), as a local disk is at the same path on every machine: a launcher that passes one path to
 every rank (horovodrun) still gives each host its own files. Everything is created under names
-carrying this process's id and removed on exit, also after a failure. Needs root and `ip netns`
+carrying this process's id and removed on exit, also after a failure, every process still
+running in a host included. (~/.ssh, the mount point of each host's ssh folder, and sshd's
+/run/sshd are created where missing and left.) Needs root and `ip netns`
 (SimulatedHosts.unavailable() says why not, for pytest.skip).
 
 `hosts.start_sshd()` runs a real sshd on every host (port 22 of its address) with keys made for
@@ -22,6 +24,7 @@ client key for `horovodrun --ssh-identity-file`.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -48,7 +51,7 @@ class SimulatedHosts:
     self.addresses = [f"10.{self.subnet}.0.{i + 2}" for i in range(count)]
     self.disk = os.path.join(self.root, "disk")
     self._ssh_home = os.path.join(self.root, "ssh_home")
-    self._daemons = []
+    self._daemons, self._logs = [], []
 
   @staticmethod
   def unavailable():
@@ -111,9 +114,17 @@ class SimulatedHosts:
 
   def close(self):
     """Removes every namespace, link and the bridge this object created (those that exist)."""
+    for namespace in self.namespaces:  # sshd, and what it or a test left running there
+      pids = _ip("netns", "pids", namespace, check=False).stdout.split()
+      for pid in pids:
+        try:
+          os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+          pass
     for daemon in self._daemons:
-      daemon.kill()
       daemon.wait()
+    for log in self._logs:
+      log.close()
     for namespace in self.namespaces:
       _ip("netns", "del", namespace, check=False)  # takes its end of the veth pair with it
     for link in self.links:
@@ -171,6 +182,8 @@ class SimulatedHosts:
 
   def start_sshd(self):
     """An sshd on every host, accepting one key made here; returns that key's private file."""
+    if self._daemons:
+      raise RuntimeError("start_sshd() runs once per set of hosts")
     keys = os.path.join(self.root, "ssh")
     os.makedirs(keys, mode=0o700, exist_ok=True)
     client, host_key = os.path.join(keys, "client"), os.path.join(keys, "host")
@@ -184,9 +197,9 @@ class SimulatedHosts:
         f.write(f"ListenAddress {address}\nPort 22\nHostKey {host_key}\n"
                 f"AuthorizedKeysFile {client}.pub\nPidFile none\nPermitRootLogin yes\n"
                 "PasswordAuthentication no\nStrictModes no\nUsePAM no\n")
-      log = open(os.path.join(keys, f"sshd{i}.log"), "w")
+      self._logs.append(open(os.path.join(keys, f"sshd{i}.log"), "w"))
       self._daemons.append(self.popen(i, ["/usr/sbin/sshd", "-D", "-e", "-f", config],
-                                       stdout=log, stderr=subprocess.STDOUT))
+                                       stdout=self._logs[-1], stderr=subprocess.STDOUT))
     for i, address in enumerate(self.addresses):
       self._wait_for_ssh(i, address, client)
     return client

@@ -507,9 +507,13 @@ def _help_flags(help_text):
   return set(re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", help_text))
 
 
+@functools.lru_cache(maxsize=None)
 def _horovodrun_flags():
   """horovodrun's own flags, which docs/multi_gpu.md names in its launch commands."""
   horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+  if not os.path.exists(horovodrun):
+    pytest.fail("horovodrun is not installed: run `make horovod` (the README's test command "
+                "does)")
   shown = subprocess.run([horovodrun, "--help"], capture_output=True, text=True, check=True)
   return _help_flags(shown.stdout)
 

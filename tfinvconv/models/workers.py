@@ -17,6 +17,7 @@ of several Horovod workers.
 """
 
 import contextlib
+import contextvars
 import sys
 import weakref
 
@@ -45,10 +46,10 @@ def horovod_workers():
 WEIGHTS_DIFFER = (
     "the Horovod workers hold different weights for the same step, so each trains its own "
     "model behind averaged metrics. Start every worker from rank 0's weights "
-    "(hvd.broadcast_variables(model.variables, root_rank=0) before training or after its first "
-    "step, or BroadcastGlobalVariablesCallback(0) with fit) and average every step's "
-    "gradients (hvd.DistributedGradientTape(tape) in a custom loop, hvd.DistributedOptimizer "
-    "with fit; docs/multi_gpu.md)")
+    "(hvd.broadcast_variables(model.variables, root_rank=0) after model.initialize(batch) or "
+    "after the first step, or BroadcastGlobalVariablesCallback(0) with fit) and average every "
+    "step's gradients (hvd.DistributedGradientTape(tape) in a custom loop, "
+    "hvd.DistributedOptimizer with fit; docs/multi_gpu.md)")
 
 
 def check_gradients_agree(gradients):
@@ -77,21 +78,22 @@ def _assert_same_everywhere(hvd, tensors, name, message):
   return tf.debugging.Assert(tf.logical_or(agree, tf.logical_not(finite)), [message])
 
 
-_UNCHECKED = []
+_UNCHECKED = contextvars.ContextVar("tfinvconv_weight_check_off", default=False)
 
 
 @contextlib.contextmanager
 def unchecked():
   """Functions traced inside carry no weight check: a SavedModel must not hold Horovod's ops
   in the gradient of its log-density, or no process without Horovod could load it."""
-  _UNCHECKED.append(True)
+  token = _UNCHECKED.set(True)
   try:
     yield
   finally:
-    _UNCHECKED.pop()
+    _UNCHECKED.reset(token)
 
 
-# Per model: how many gradients have been taken through its log-density in this process.
+# Per model: how many gradients have been taken through its log-density in this process. (Not
+# a cache to free: the gradient functions TF keeps for traced functions hold the model anyway.)
 _GRADIENTS_TAKEN = weakref.WeakKeyDictionary()
 
 
@@ -106,23 +108,26 @@ def _gradients_taken(model):
 def check_weights_on_gradient(value, model):
   """`value` (the model's log-density) unchanged. Under Horovod, a gradient through it first
   checks that `model`'s trainable weights are the same on every worker, and fails naming the fix
-  when they are not; a plain identity outside Horovod. The model's first gradient is not checked:
-  Horovod's guides broadcast rank 0's weights after the first step. Every worker must take its
-  gradients together, as data-parallel training does (the check is a collective)."""
+  when they are not; a plain identity outside Horovod. Gradients of log-densities computed before
+  the model's first gradient (its first training step, however many calls that step makes) are
+  not checked: Horovod's guides broadcast rank 0's weights after the first step. Every worker
+  must take its gradients together, as data-parallel training does (the check is a
+  collective)."""
   hvd = horovod_workers()
-  if hvd is None or _UNCHECKED:
+  if hvd is None or _UNCHECKED.get():
     return value
   taken = _gradients_taken(model)
+  exempt = tf.equal(taken.read_value(), 0)  # read now, in the forward pass
 
   def check():
     with tf.control_dependencies([_assert_same_everywhere(
         hvd, model.trainable_variables, "tfinvconv_weight_check", WEIGHTS_DIFFER)]):
-      return tf.constant(True)
+      return tf.constant(True)  # tf.cond needs an output; the assert runs as its dependency
 
   @tf.custom_gradient
   def identity(x):
     def gradient(upstream):
-      checked = tf.cond(taken > 0, check, lambda: tf.constant(False))
+      checked = tf.cond(exempt, lambda: tf.constant(False), check)
       with tf.control_dependencies([checked, taken.assign_add(1)]):
         return tf.identity(upstream)
     return tf.identity(x), gradient
