@@ -182,11 +182,20 @@ class Cluster:
             for i in range(2)]
 
 
-def test_workers_on_two_hosts_agree_and_resume_from_the_chiefs_disk(hosts):
-  args = [*single_host.TINY, "--batch-size", "16"]
+MULTIWORKER_ARGS = [*single_host.TINY, "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def plain_multiworker(hosts):
+  """One undisturbed MultiWorkerMirrored run across the hosts and its chief's output."""
   plain = Cluster(hosts, "plain")
-  outputs = plain.run(args)
-  assert "multiworker: 2 worker(s), 2 replica(s)" in outputs[0]
+  return plain, plain.run(MULTIWORKER_ARGS)[0]
+
+
+def test_workers_on_two_hosts_agree_and_resume_from_the_chiefs_disk(hosts, plain_multiworker):
+  args = MULTIWORKER_ARGS
+  plain, chief_output = plain_multiworker
+  assert "multiworker: 2 worker(s), 2 replica(s)" in chief_output
   single_host._assert_identical_and_learning(plain.ranks())  # pylint: disable=protected-access
   # Only the chief's host holds checkpoints (and metrics, samples).
   assert glob.glob(os.path.join(plain.run_dir(0), "checkpoints", "ckpt-*.index"))
@@ -238,16 +247,15 @@ def _step_time_ms(cluster):
     return json.load(f)["step_time_ms"]
 
 
-def test_a_slow_lossy_link_costs_time_not_correctness(hosts):
+def test_a_slow_lossy_link_costs_time_not_correctness(hosts, plain_multiworker):
   """Host 1's link at 1 Mbit/s with a 3 kB queue (packets beyond it are dropped): the run
-  finishes with both workers agreeing; the step-time cost is printed."""
-  args = [*single_host.TINY, "--batch-size", "16"]
-  fast = Cluster(hosts, "fast_link")
-  fast.run(args)
+  finishes with both workers agreeing; the step-time cost against the undisturbed run is
+  printed."""
+  fast = plain_multiworker[0]
   slow = Cluster(hosts, "slow_link")
   hosts.throttle(1, rate="1mbit", queue="3kb")
   try:
-    slow.run(args)
+    slow.run(MULTIWORKER_ARGS)
     dropped = hosts.dropped(1)
   finally:
     hosts.unthrottle(1)

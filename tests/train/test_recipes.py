@@ -228,7 +228,7 @@ def train(apply, wrap_tape, broadcast, compiled=True, calls=1):
       optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
   step = tf.function(step) if compiled else step
-  for i in range(4):
+  for i in range(3):
     step(next(batches))
     if i == 0 and broadcast:  # where Horovod's guide broadcasts: after the first step
       hvd.broadcast_variables(model.variables, root_rank=0)
