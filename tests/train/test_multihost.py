@@ -44,15 +44,38 @@ def ssh_key(hosts):
   return hosts.start_sshd()
 
 
-class HorovodJob:
+# The trainer's arguments on the simulated hosts: a tiny run, and a longer one that
+# checkpoints often (for faults).
+HOST_ARGS = [*single_host.TINY, "--batch-size", "16"]
+FAULT_ARGS = [*single_host.FAULT_RUN, "--batch-size", "16"]
+
+
+class RunOnHosts:
+  """A run named `name`, one worker per host, each with its run folder on its own host's disk."""
+
+  def __init__(self, hosts, name):
+    self.hosts, self.name = hosts, name
+
+  def run_dir(self, i):
+    """Worker i's run folder as seen from outside the hosts."""
+    return os.path.join(self.hosts.folder(i), self.name)
+
+  def ranks(self):
+    """Each worker's rank file, from its own host's folder."""
+    ranks = []
+    for i in range(self.hosts.count):
+      with open(os.path.join(self.run_dir(i), "ranks", f"rank{i}.json")) as f:
+        ranks.append(json.load(f))
+    return ranks
+
+
+class HorovodJob(RunOnHosts):
   """horovodrun on host 0, one rank on each host (host 1's over ssh). Every rank is given the same
   --run-dir, hosts.disk/<name>: on each host its own disk, as with a local path on real nodes."""
 
   def __init__(self, hosts, key, name, interface):
-    self.hosts, self.key, self.name, self.interface = hosts, key, name, interface
-
-  def run_dir(self, i):
-    return os.path.join(self.hosts.folder(i), self.name)
+    super().__init__(hosts, name)
+    self.key, self.interface = key, interface
 
   def start(self, args):
     slots = ",".join(f"{address}:1" for address in self.hosts.addresses)
@@ -68,13 +91,6 @@ class HorovodJob:
     output = launcher.communicate(timeout=600)[0]
     assert launcher.returncode == 0, output[-4000:]
     return output
-
-  def ranks(self):
-    ranks = []
-    for i in range(2):
-      with open(os.path.join(self.run_dir(i), "ranks", f"rank{i}.json")) as f:
-        ranks.append(json.load(f))
-    return ranks
 
   def rank_process(self, rank):
     """Rank `rank`'s trainer, wherever it runs (host 1's is a child of its sshd)."""
@@ -97,7 +113,7 @@ INTERFACES = {"named": ["--network-interface", INTERFACE], "found_by_horovod": [
 @pytest.mark.parametrize("interface", sorted(INTERFACES))
 def test_horovodrun_across_two_hosts_agrees_and_resumes_from_the_chiefs_disk(
     hosts, ssh_key, interface):
-  args = [*single_host.TINY, "--batch-size", "16"]
+  args = HOST_ARGS
   plain = HorovodJob(hosts, ssh_key, f"hvd_{interface}", INTERFACES[interface])
   output = plain.run(args)
   assert "horovod: 2 worker(s)" in output
@@ -123,7 +139,7 @@ def test_horovodrun_a_cut_link_ends_the_job_in_bounded_time(hosts, ssh_key):
   what happened and where the checkpoint is, without a traceback, and horovodrun ends the job;
   with the link back, --resume finishes it."""
   job = HorovodJob(hosts, ssh_key, "hvd_cut", INTERFACES["named"])
-  args = [*single_host.FAULT_RUN, "--batch-size", "16"]
+  args = FAULT_ARGS
   launcher = job.start(args)
   single_host._wait_for_checkpoint(job.run_dir(0), [launcher])  # pylint: disable=protected-access
   hosts.cut(1)
@@ -147,16 +163,13 @@ def test_horovodrun_a_cut_link_ends_the_job_in_bounded_time(hosts, ssh_key):
   assert ranks[1]["weights_sum"] == pytest.approx(ranks[0]["weights_sum"], rel=1e-9, abs=1e-9)
 
 
-class Cluster:
+class Cluster(RunOnHosts):
   """Worker i of a TF_CONFIG cluster runs on host i, with its run folder on host i's disk."""
 
   def __init__(self, hosts, name):
-    self.hosts, self.name = hosts, name
+    super().__init__(hosts, name)
     port = single_host._free_ports(1)[0]  # pylint: disable=protected-access
     self.cluster = {"worker": [f"{address}:{port}" for address in hosts.addresses]}
-
-  def run_dir(self, i):
-    return os.path.join(self.hosts.folder(i), self.name)
 
   def start(self, args, workers=(0, 1), stderr=subprocess.STDOUT):
     processes = []
@@ -176,24 +189,15 @@ class Cluster:
       assert process.returncode == returncode, output[-3000:]
     return outputs
 
-  def ranks(self):
-    """Each worker's rank file, from its own host's folder."""
-    return [json.loads(open(os.path.join(self.run_dir(i), "ranks", f"rank{i}.json")).read())
-            for i in range(2)]
-
-
-MULTIWORKER_ARGS = [*single_host.TINY, "--batch-size", "16"]
-
-
 @pytest.fixture(scope="module")
 def plain_multiworker(hosts):
   """One undisturbed MultiWorkerMirrored run across the hosts and its chief's output."""
   plain = Cluster(hosts, "plain")
-  return plain, plain.run(MULTIWORKER_ARGS)[0]
+  return plain, plain.run(HOST_ARGS)[0]
 
 
 def test_workers_on_two_hosts_agree_and_resume_from_the_chiefs_disk(hosts, plain_multiworker):
-  args = MULTIWORKER_ARGS
+  args = HOST_ARGS
   plain, chief_output = plain_multiworker
   assert "multiworker: 2 worker(s), 2 replica(s)" in chief_output
   single_host._assert_identical_and_learning(plain.ranks())  # pylint: disable=protected-access
@@ -216,7 +220,7 @@ def test_workers_on_two_hosts_agree_and_resume_from_the_chiefs_disk(hosts, plain
 
 def test_a_cut_link_ends_every_worker_in_bounded_time(hosts):
   cluster = Cluster(hosts, "cut")
-  args = [*single_host.FAULT_RUN, "--batch-size", "16"]
+  args = FAULT_ARGS
   processes = cluster.start(args, stderr=subprocess.PIPE)
   single_host._wait_for_checkpoint(cluster.run_dir(0), processes)  # pylint: disable=protected-access
   hosts.cut(1)
@@ -255,7 +259,7 @@ def test_a_slow_lossy_link_costs_time_not_correctness(hosts, plain_multiworker):
   slow = Cluster(hosts, "slow_link")
   hosts.throttle(1, rate="1mbit", queue="3kb")
   try:
-    slow.run(MULTIWORKER_ARGS)
+    slow.run(HOST_ARGS)
     dropped = hosts.dropped(1)
   finally:
     hosts.unthrottle(1)

@@ -103,16 +103,19 @@ def main(argv=None):
     return 2
   except (tf.errors.UnavailableError, tf.errors.AbortedError,
           tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
-    print(f"error: {lost_contact_message(error, config.folder())}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # The collectives are broken now; interpreter teardown can hang or print noise: leave.
-    os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
+    _leave_lost(lost_contact_message(error, config.folder()), trainer.EXIT_LOST_WORKER)
   except tf.errors.OpError as error:
     if HOROVOD_SHUT_DOWN not in str(error):
       raise
-    print(f"error: {horovod_lost_message(config.folder())}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(trainer.EXIT_LOST_WORKER)  # pylint: disable=protected-access
+    _leave_lost(horovod_lost_message(config.folder()), trainer.EXIT_LOST_WORKER)
+
+
+def _leave_lost(message, status):
+  """Says `message` and exits at once: the collectives are broken now, and interpreter
+  teardown can hang or print noise."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 # What Horovod's ops raise once its background loop has stopped (a rank ended, or Gloo timed out
