@@ -121,6 +121,7 @@ NOT_IN_REPO = {
     "checkpoints/": "inside a run folder",
     "metrics.json": "inside a run folder",
     "ranks/rank<N>.json": "inside a run folder",
+    "discover_hosts.sh": "a user's host-discovery script for Horovod elastic",
     "test/": "a subfolder of a user's image folder (with train/)",
     "train/": "a subfolder of a user's image folder (with test/)",
 }
@@ -176,7 +177,7 @@ def shell_lines():
   """(document, line) of every command: fenced shell lines and inline spans that start with
   a command (after VAR=value assignments)."""
   lines = [(doc, line) for doc, language, _, code in fenced_blocks() if language in SHELL
-           for line in code.splitlines() if line.split("#")[0].strip()]
+           for line in code.replace("\\\n", " ").splitlines() if line.split("#")[0].strip()]
   for doc, span in spans():
     words = _words(span)
     if words and words[0] in COMMANDS:

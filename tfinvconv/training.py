@@ -116,17 +116,18 @@ class GuardedTraining(tf_keras.Model):
   def metrics(self):
     return [self._loss_tracker]
 
-  def checkpoint(self):
-    """A tf.train.Checkpoint of everything a resumed run needs: model, optimizer, counters."""
+  def checkpoint(self, **more):
+    """A tf.train.Checkpoint of everything a resumed run needs: model, optimizer, counters, and
+    `more` objects of the run (an elastic run's data position)."""
     return tf.train.Checkpoint(model=self.flow, optimizer=self.optimizer,
-                               counters=self.counters)
+                               counters=self.counters, **more)
 
-  def restore(self, prefix):
-    """Restores `checkpoint()` from `prefix`, checking every object matched. Checkpoints
+  def restore(self, prefix, **more):
+    """Restores `checkpoint(**more)` from `prefix`, checking every object matched. Checkpoints
     written while the counters lived in the model keep them under model/: read from there."""
     names = [name for name, _ in tf.train.list_variables(prefix)]
     if any(name.startswith("counters/") for name in names):
-      self.checkpoint().restore(prefix).assert_existing_objects_matched()
+      self.checkpoint(**more).restore(prefix).assert_existing_objects_matched()
       return
     tf.train.Checkpoint(model=self.flow, optimizer=self.optimizer).restore(
         prefix).assert_existing_objects_matched()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -289,6 +290,20 @@ def test_bad_command_line_values_are_one_line_errors(tmp_path, capsys):
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], (args,
                                                                                         error)
   assert not os.path.exists(tmp_path / "r")  # refused before anything was written
+
+
+def test_an_elastic_run_refuses_what_changes_with_its_workers():
+  """Under Horovod elastic the number of workers changes mid-run: a learning rate scaled by it,
+  or epochs counted in steps, would silently mean something else after a change."""
+  from tfinvconv.train import distributed, trainer  # pylint: disable=g-import-not-at-top
+  elastic = types.SimpleNamespace(elastic=True)
+  for flag, message in (("scale_lr", "--scale-lr multiplies by the number of workers"),
+                        ("steps_per_epoch", "--steps-per-epoch: an elastic run's epochs")):
+    config = parse([])
+    setattr(config, flag, 8 if flag == "steps_per_epoch" else True)
+    with pytest.raises(ValueError, match=message):
+      trainer._check_elastic(config, elastic)  # pylint: disable=protected-access
+    trainer._check_elastic(config, distributed.Engine())  # pylint: disable=protected-access
 
 
 def test_mixed_precision_flag_is_honoured(tmp_path, capsys):

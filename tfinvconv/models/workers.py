@@ -105,6 +105,14 @@ def _gradients_taken(model):
   return _GRADIENTS_TAKEN[model]
 
 
+def restart_first_step(model):
+  """The model's next gradient counts as its first again (exempt from the weight check). Horovod
+  elastic: when the job re-forms, a joining worker has taken no gradient yet, so every worker
+  must start counting again, or one would check (a collective) while the other does not."""
+  if model in _GRADIENTS_TAKEN:
+    _GRADIENTS_TAKEN[model].assign(0)
+
+
 def check_weights_on_gradient(value, model):
   """`value` (the model's log-density) unchanged. Under Horovod, a gradient through it first
   checks that `model`'s trainable weights are the same on every worker, and fails naming the fix

@@ -35,6 +35,9 @@ HELP = {
     "scale_lr": "multiply the learning rate by the number of replicas (Horovod's convention; "
                 "off by default, as openai/glow trained with 1e-3 on 8 GPUs)",
     "checkpoint_every": "steps between checkpoints",
+    "commit_every": "Horovod elastic (horovodrun --min-np/--max-np/--host-discovery-script): "
+                    "steps between in-memory commits of the run's state; a lost worker costs "
+                    "the others at most this many steps",
     "max_nonfinite": "consecutive non-finite steps before the run stops",
     "steps_per_epoch": "0: one pass over the training set",
     "dequantization": "noise inside the bins: uniform, or variational (a small conditional "
@@ -95,6 +98,7 @@ def parse(argv):
 def main(argv=None):
   config = parse(sys.argv[1:] if argv is None else argv)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import distributed  # pylint: disable=g-import-not-at-top
   from tfinvconv.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     return trainer.run(config)  # validates the configuration first
@@ -105,7 +109,7 @@ def main(argv=None):
           tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
     _leave_lost(lost_contact_message(error, config.folder()), trainer.EXIT_LOST_WORKER)
   except tf.errors.OpError as error:
-    if HOROVOD_SHUT_DOWN not in str(error):
+    if distributed.HOROVOD_SHUT_DOWN not in str(error):
       raise
     _leave_lost(horovod_lost_message(config.folder()), trainer.EXIT_LOST_WORKER)
 
@@ -116,11 +120,6 @@ def _leave_lost(message, status):
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(status)  # pylint: disable=protected-access
-
-
-# What Horovod's ops raise once its background loop has stopped (a rank ended, or Gloo timed out
-# on a peer it cannot reach).
-HOROVOD_SHUT_DOWN = "Horovod has been shut down"
 
 
 def horovod_lost_message(run_folder):

@@ -70,7 +70,9 @@ def step_of(trainee):
 
 class RunControl(tf_keras.callbacks.Callback):
   """Checkpoints every `every` steps; on SIGTERM/SIGINT (seen by any worker) saves and stops
-  every worker at the same step."""
+  every worker at the same step. In an elastic run a signal stops only the workers that got it
+  (their hosts are being taken away, as with spot instances): they leave the job at once and
+  the others go on from their last commit; a signal on every worker stops the run."""
 
   def __init__(self, engine, save, every, signals):
     super().__init__()
@@ -81,12 +83,27 @@ class RunControl(tf_keras.callbacks.Callback):
     if self.model.stop_training:  # another callback stopped the run
       return
     step = step_of(self.model)
-    if self.engine.any(self.signals.signum is not None):  # all workers stop at this step
+    if self._every_worker_stops():  # all workers stop at this step
       self.interrupted = self.signals.signum or signal.SIGTERM
       self.save(step)
       self.model.stop_training = True
     elif self.every and step % self.every == 0:
       self.save(step)
+
+  def _every_worker_stops(self):
+    """Whether every worker stops for a signal at this step (a collective); in an elastic run a
+    worker signalled while others are not leaves here instead."""
+    signalled = self.signals.signum is not None
+    if not self.engine.elastic:
+      return self.engine.any(signalled)
+    count = self.engine.count(signalled)
+    if signalled and count < self.engine.size:
+      sys.stderr.write(f"{signal.Signals(self.signals.signum).name}: this worker leaves the "
+                       "elastic job; the others go on from their last commit\n")
+      sys.stderr.flush()
+      sys.stdout.flush()
+      os._exit(128 + self.signals.signum)  # pylint: disable=protected-access
+    return count > 0
 
 
 class NonFiniteStop(tf_keras.callbacks.Callback):
@@ -184,11 +201,18 @@ class Report(tf_keras.callbacks.Callback):
   def __init__(self, run_dir, num_samples=64, seed=0):
     super().__init__()
     self.run_dir, self.num_samples, self.seed = run_dir, num_samples, seed
-    self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
-    os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+    self._writer = None
+
+  @property
+  def writer(self):
+    """Created at first use: nothing is written into the run folder before training starts."""
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
+    return self._writer
 
   def samples(self, tag):
     """Writes one grid per temperature; returns the PNG paths."""
+    os.makedirs(os.path.join(self.run_dir, "samples"), exist_ok=True)
     flow = self.model.flow
     scale = max(1, 32 // flow.image_shape[0])
     paths = []

@@ -230,3 +230,23 @@ def pipeline(source, batch_size, num_shards=1, shard_index=0, training=True, see
   images = records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
   images = images.batch(batch_size, drop_remainder=training)
   return images.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_pipeline(source, batch_size, num_shards, shard_index, seed, epoch, position):
+  """This worker's batches for the rest of epoch `epoch` of an elastic run, and their number.
+
+  Every worker reads the same seeded shuffle of the split for the epoch; each global step
+  takes the next `batch_size * num_shards` images of it, worker i the i-th `batch_size` of them.
+  `position` is how many images of the epoch the steps so far took together, so a run whose
+  workers come and go carries on where the last committed step ended: within an epoch every
+  image is trained on at most once, and only the final part smaller than a global step is left
+  out.
+  """
+  global_batch = batch_size * num_shards
+  steps = max(0, (source.count() - position) // global_batch)
+  order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+  records = source.records.shuffle(10_000, seed=order_seed, reshuffle_each_iteration=False)
+  records = records.skip(position).take(steps * global_batch)
+  records = records.batch(batch_size).shard(num_shards, shard_index).unbatch()  # before decoding
+  images = records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  return images.prefetch(tf.data.AUTOTUNE), steps

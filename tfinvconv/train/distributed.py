@@ -20,6 +20,7 @@ class Engine:
   """One process, no distribution."""
 
   name = "single"
+  elastic = False
 
   def __init__(self):
     self.rank, self.size, self.local_rank = 0, 1, 0
@@ -54,7 +55,11 @@ class Engine:
 
   def any(self, flag):
     """True on every worker when `flag` is true on any (e.g. a SIGTERM seen by one)."""
-    return bool(flag)
+    return self.count(flag) > 0
+
+  def count(self, flag):
+    """On every worker: how many workers have `flag` true (every worker must call it)."""
+    return int(bool(flag))
 
   def shard(self):
     """(number of shards, this worker's shard) for the input pipeline."""
@@ -113,15 +118,41 @@ class HorovodEngine(Engine):
     averaged = self._hvd.allreduce(stacked, op=self._hvd.Average).numpy()
     return dict(zip(keys, averaged.tolist()))
 
-  def any(self, flag):
+  def count(self, flag):
     total = self._hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self._hvd.Sum)
-    return float(total) > 0
+    return int(round(float(total)))
 
   def shard(self):
     return self.size, self.rank
 
   def broadcast_object(self, value):
     return self._hvd.broadcast_object(value, root_rank=0)
+
+
+class ElasticHorovodEngine(HorovodEngine):
+  """`horovodrun --min-np ... --host-discovery-script ...` (HOROVOD_ELASTIC=1): workers come and
+  go; rank and size change after each membership change (`refresh`). Collectives before the
+  elastic loop would meet a joining worker's broadcast out of step, so the object and variable
+  broadcasts of the set-up are left to the loop's first state sync (tfinvconv/train/elastic.py)."""
+
+  name = "horovod-elastic"
+  elastic = True
+
+  @property
+  def hvd(self):
+    return self._hvd
+
+  def refresh(self):
+    """Rank and size after Horovod re-formed the job."""
+    self.rank, self.size = self._hvd.rank(), self._hvd.size()
+    self.local_rank = self._hvd.local_rank()
+
+  def broadcast_variables(self, variables):
+    """Deferred: the elastic state's sync broadcasts every variable of the run."""
+
+  def broadcast_object(self, value):
+    """Deferred: the elastic state carries rank 0's set-up decisions."""
+    return value
 
 
 class StrategyEngine(Engine):
@@ -197,9 +228,10 @@ class MultiWorkerEngine(StrategyEngine):
       variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
       offset += value.size
 
-  def any(self, flag):
-    # A collective: every worker calls this once per step and all see the same answer.
-    return float(self._sum(np.array(1.0 if flag else 0.0))) > 0
+  def count(self, flag):
+    # A collective: each replica of a worker adds the worker's flag.
+    total = float(self._sum(np.array(1.0 if flag else 0.0)))
+    return int(round(total * self.size / self.replicas))
 
   def broadcast_object(self, value):
     """Rank 0's value on every worker. tf.distribute has no object broadcast, so the pickled
@@ -242,6 +274,11 @@ def _logical_cpus(count):
   except RuntimeError as error:  # devices already initialised in this process
     raise ValueError(f"--cpu-replicas needs a fresh process: {error}") from error
   return [f"/cpu:{i}" for i in range(count)]
+
+
+# What Horovod's ops raise once its background loop has stopped (a rank ended, or Gloo timed out
+# on a peer it cannot reach).
+HOROVOD_SHUT_DOWN = "Horovod has been shut down"
 
 
 def launched_by_horovod():
@@ -298,7 +335,7 @@ def make_engine(strategy=None, cpu_replicas=1, connect_timeout=300):
   if strategy:
     raise ValueError(f"unknown strategy {strategy!r}; choose mirrored or multiworker")
   if launched_by_horovod():
-    return HorovodEngine()
+    return ElasticHorovodEngine() if os.environ.get("HOROVOD_ELASTIC") == "1" else HorovodEngine()
   return Engine()
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 
@@ -16,11 +17,13 @@ import tf_keras
 
 from tfinvconv import training
 from tfinvconv.models import Glow
+from tfinvconv.models import workers
 from tfinvconv.models.glow import check_bins as glow_check_bins
 from tfinvconv.train import baseline
 from tfinvconv.train import callbacks as cb
 from tfinvconv.train import data
 from tfinvconv.train import distributed
+from tfinvconv.train import elastic
 
 EXIT_NONFINITE = 3
 EXIT_LOST_WORKER = 4
@@ -54,6 +57,7 @@ class Config:
   run_dir: str = ""
   resume: bool = False
   checkpoint_every: int = 100    # steps
+  commit_every: int = 10         # Horovod elastic: steps between in-memory commits of the state
   max_nonfinite: int = 10        # consecutive skipped steps before giving up
   seed: int = 0
   strategy: str = ""             # "", "mirrored" or "multiworker"
@@ -70,7 +74,7 @@ class Config:
   def validate(self):
     """Raises ValueError naming the first value no run could use."""
     positive = ("image_size", "num_levels", "depth", "hidden_channels", "batch_size", "epochs",
-                "kernel_size", "checkpoint_every", "max_nonfinite", "num_samples",
+                "kernel_size", "checkpoint_every", "commit_every", "max_nonfinite", "num_samples",
                 "cpu_replicas", "connect_timeout")
     for name in positive:
       value = getattr(self, name)
@@ -161,46 +165,75 @@ def _run(config, signals):
                                    config.connect_timeout)
   signals.reclaim()
   tf_keras.utils.set_random_seed(config.seed)  # same weights everywhere before any broadcast
-  run_dir = _claim_on_chief(engine, config)
+  _check_elastic(config, engine)
+  run_dir, refusal = _claim_on_chief(engine, config)
   log = print if (engine.is_chief and config.verbose) else (lambda *a, **k: None)
   splits = _Splits(config, engine)
-  trainee = _build(config, engine, splits)
+  trainee, schedule = _build(config, engine, splits)
   log(f"{engine.name}: {engine.size} worker(s), {engine.replicas} replica(s); "
       f"{trainee.flow.count_params():,} parameters; {splits.steps_per_epoch} steps/epoch; run "
       f"folder {os.path.abspath(run_dir)}")
   checkpoints = _Checkpoints(trainee, run_dir, engine)
-  _restore_or_initialise(config, engine, trainee, checkpoints, splits, log)
-  control, guard, progress, report, history = _fit_until_done(
-      config, engine, trainee, checkpoints, splits, signals, run_dir)
+  try:
+    _restore_or_initialise(config, engine, trainee, checkpoints, splits, log)
+  except ValueError as error:  # elastic: said on every worker after the first sync
+    if not engine.elastic:
+      raise
+    refusal = refusal or str(error)
+  callbacks = _RunCallbacks(config, engine, trainee, checkpoints, splits, signals, run_dir)
+  if engine.elastic:
+    history = _ElasticFit(config, engine, trainee, schedule, checkpoints.position, splits,
+                          callbacks, refusal)()
+  else:
+    history = _fit_until_done(config, engine, trainee, checkpoints, splits, signals, callbacks)
+  return _finish(config, engine, trainee, checkpoints, splits, run_dir, callbacks, history, log)
+
+
+def _finish(config, engine, trainee, checkpoints, splits, run_dir, callbacks, history, log):
+  """Why the run stopped early, or its last checkpoint, test bits/dim and outputs; returns the
+  exit code."""
   step = cb.step_of(trainee)
-  if guard.failure:
+  if callbacks.guard.failure:
     if engine.is_chief:
-      print(f"error: {guard.failure}", file=sys.stderr, flush=True)
+      print(f"error: {callbacks.guard.failure}", file=sys.stderr, flush=True)
     return EXIT_NONFINITE
-  if control.interrupted:
-    log(f"interrupted by signal {control.interrupted} at step {step}: checkpoint saved; "
-        "continue with --resume")
-    return 128 + int(control.interrupted)
+  if callbacks.control.interrupted:
+    log(f"interrupted by signal {callbacks.control.interrupted} at step {step}: checkpoint "
+        "saved; continue with --resume")
+    return 128 + int(callbacks.control.interrupted)
   checkpoints.save(step)
   test_bpd = engine.average({"bpd": _evaluate(trainee, splits.test_data)})["bpd"]
   checkpoints.close()
   _write_rank_summary(run_dir, engine, trainee.flow, history)
   if engine.is_chief:
-    _write_outputs(config, engine, trainee, splits, run_dir, report, progress, history,
-                   test_bpd, log)
+    _write_outputs(config, engine, trainee, splits, run_dir, callbacks, history, test_bpd, log)
   return 0
 
 
+def _check_elastic(config, engine):
+  """Refuses the settings an elastic run cannot keep while its workers come and go."""
+  if not engine.elastic:
+    return
+  if config.scale_lr:
+    raise ValueError("--scale-lr multiplies by the number of workers, which changes in an "
+                     "elastic run: leave it off and set --learning-rate")
+  if config.steps_per_epoch:
+    raise ValueError("--steps-per-epoch: an elastic run's epochs are passes over the data "
+                     "(their steps change with the number of workers): leave it at 0")
+
+
 def _claim_on_chief(engine, config):
-  """The run folder, claimed by the chief for every worker (they may not see its files)."""
+  """The run folder, claimed by the chief for every worker (they may not see its files), and
+  the refusal, if any. An elastic run carries the refusal to every worker in its first state
+  sync (a collective now would meet a joining worker out of step); others raise it here."""
   run_dir = config.folder()
   refusal = engine.broadcast_object(_claim_run_dir(run_dir, config) if engine.is_chief
                                     else None)
-  if refusal:
+  if refusal and not engine.elastic:
     raise ValueError(refusal)
-  if engine.is_chief:
+  if engine.is_chief and not refusal:
     os.makedirs(run_dir, exist_ok=True)
-  return run_dir
+  return run_dir, refusal
 
 
 class _Splits:
@@ -212,16 +245,22 @@ class _Splits:
     load = lambda split: data.load_split(config.dataset, split, config.image_size,
                                          self.channels, config.data_dir or None)
     self.train_images, self.test_images = load("train"), load("test")
-    self.num_shards, self.shard_index = engine.shard()
-    self.global_batch = config.batch_size * engine.replicas
+    self.input_batch = engine.input_batch(config.batch_size)
+    self.reshard()
     self.steps_per_epoch = config.steps_per_epoch or max(
         1, self.train_images.count() // self.global_batch)
     self.total_steps = config.epochs * self.steps_per_epoch
+
+  def reshard(self):
+    """This worker's shard and seed for the engine's rank and size (again after an elastic
+    membership change)."""
+    engine = self.engine
+    self.num_shards, self.shard_index = engine.shard()
+    self.global_batch = self.config.batch_size * engine.replicas
     # Data order: Horovod shards first, then each rank shuffles its shard with its own seed;
     # tf.distribute shards batches afterwards (DATA policy): the same order everywhere.
-    self.seed = (config.seed if engine.shared_init_batch
-                 else distributed.seed_for(engine, config.seed))
-    self.input_batch = engine.input_batch(config.batch_size)
+    self.seed = (self.config.seed if engine.shared_init_batch
+                 else distributed.seed_for(engine, self.config.seed))
     self.test_data = engine.distribute(data.pipeline(
         self.test_images, self.input_batch, self.num_shards, self.shard_index, training=False))
 
@@ -230,6 +269,13 @@ class _Splits:
     return self.engine.distribute(data.pipeline(
         self.train_images, self.input_batch, self.num_shards, self.shard_index, training=True,
         seed=self.seed, skip_batches=skip))
+
+  def epoch_data(self, position):
+    """Elastic runs: this worker's batches for the rest of the epoch at `position`, and their
+    number (every worker reads one shuffle of the epoch, in global steps)."""
+    return data.epoch_pipeline(self.train_images, self.config.batch_size, self.num_shards,
+                               self.shard_index, self.config.seed, int(position.epoch.numpy()),
+                               int(position.images.numpy()))
 
   def init_batch(self):
     """ActNorm's first batch. Horovod: each worker its own (rank 0's values are broadcast);
@@ -242,7 +288,8 @@ class _Splits:
 
 
 def _build(config, engine, splits):
-  """The model, wrapped in the guarded step, compiled with the engine's optimizer."""
+  """The model, wrapped in the guarded step, compiled with the engine's optimizer; and the
+  learning-rate schedule."""
   with engine.scope():
     model = Glow((config.image_size, config.image_size, splits.channels), config.num_levels,
                  config.depth, config.hidden_channels, mixer=config.mixer,
@@ -258,26 +305,33 @@ def _build(config, engine, splits):
     # one the checkpoint holds, with its loss scale.
     trainee.compile(optimizer=engine.wrap_optimizer(tf_keras.optimizers.Adam(schedule)))
     trainee.optimizer.build(model.trainable_variables)  # slots exist: restorable, broadcastable
-  return trainee
+  return trainee, schedule
 
 
 class _Checkpoints:
-  """Rank 0 writes checkpoints; other multi-worker replicas must join each save, into scratch."""
+  """Rank 0 writes checkpoints; other multi-worker replicas must join each save, into scratch.
+  An elastic run's checkpoints hold its data position too, and are written by whichever worker
+  is rank 0 at the time."""
 
   def __init__(self, trainee, run_dir, engine):
-    self.trainee = trainee
+    self.trainee, self.engine = trainee, engine
     self.directory = os.path.join(run_dir, "checkpoints")
+    self.position = elastic.DataPosition() if engine.elastic else None
+    self.objects = {"data_position": self.position} if engine.elastic else {}
     self.scratch = None
     if engine.saves_on_every_worker and not engine.is_chief:
       self.scratch = tempfile.mkdtemp(prefix="tfinvconv-worker-")
     self.manager = None
-    if engine.is_chief or self.scratch:
-      self.manager = tf.train.CheckpointManager(trainee.checkpoint(),
-                                                self.scratch or self.directory, max_to_keep=3)
 
   def save(self, step):
+    if self.manager is None and (self.engine.is_chief or self.scratch):
+      self.manager = tf.train.CheckpointManager(self.trainee.checkpoint(**self.objects),
+                                                self.scratch or self.directory, max_to_keep=3)
     if self.manager is not None:  # CheckpointManager writes the index last, atomically
       self.manager.save(checkpoint_number=step)
+
+  def restore(self, prefix):
+    _restore(self.trainee, prefix, self.objects)
 
   def close(self):
     if self.scratch:
@@ -286,16 +340,23 @@ class _Checkpoints:
 
 def _restore_or_initialise(config, engine, trainee, checkpoints, splits, log):
   """Rank 0 decides whether to resume (other ranks may not see its files) and the engine
-  broadcasts its restored state; a new run initialises ActNorm from data instead."""
+  broadcasts its restored state; a new run initialises ActNorm from data instead. In an elastic
+  run every worker reads what it can see (whichever ends up rank 0 may hold the checkpoint) and
+  the first state sync broadcasts rank 0's state."""
   model, optimizer = trainee.flow, trainee.optimizer
-  latest = (_readable_checkpoint(checkpoints.directory) if (config.resume and engine.is_chief)
+  reads = engine.is_chief or engine.elastic
+  latest = (_readable_checkpoint(checkpoints.directory) if (config.resume and reads)
             else None)
   latest = engine.broadcast_object(latest)
   if config.resume and latest is None:
     log("--resume: no checkpoint yet, starting from scratch")
+    if engine.elastic and engine.is_chief:
+      print(f"warning: --resume found no checkpoint in {checkpoints.directory} on this host "
+            f"({socket.gethostname()}); an elastic run's rank 0 can start on any host, so keep "
+            "--run-dir on a folder every host sees", file=sys.stderr, flush=True)
   if latest:
     if os.path.exists(latest + ".index"):
-      _restore(trainee, latest)
+      checkpoints.restore(latest)
     engine.broadcast_variables(model.variables + optimizer.variables +
                                list(trainee.counters.variables))
     log(f"resumed from {latest} at step {cb.step_of(trainee)}")
@@ -304,45 +365,134 @@ def _restore_or_initialise(config, engine, trainee, checkpoints, splits, log):
     engine.broadcast_variables(model.variables)
 
 
-def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, run_dir):
+class _RunCallbacks:
+  """The callbacks of `fit`, in order: metric averaging first (every later one sees global
+  numbers), then the non-finite guard, checkpoints and signals, progress, and the chief's
+  report (TensorBoard and samples)."""
+
+  def __init__(self, config, engine, trainee, checkpoints, splits, signals, run_dir):
+    self.control = cb.RunControl(engine, checkpoints.save, config.checkpoint_every, signals)
+    self.guard = cb.NonFiniteStop(config.max_nonfinite)
+    self.progress = cb.Progress(splits.steps_per_epoch, config.epochs, splits.global_batch,
+                                show=engine.is_chief and config.verbose)
+    self.report = (cb.Report(run_dir, config.num_samples, seed=config.seed) if engine.is_chief
+                   else None)
+    self.all = [cb.AverageMetrics(engine), self.guard, self.control, self.progress]
+    self.elastic_stats = None  # an elastic run's resets and steps re-done
+    if self.report:
+      self.all.append(self.report)
+
+  @property
+  def stopped(self):
+    return bool(self.control.interrupted or self.guard.failure)
+
+
+def _extend(history, result):
+  for key, values in result.history.items():
+    history.setdefault(key, []).extend(values)
+
+
+def _fit_until_done(config, engine, trainee, checkpoints, splits, signals, callbacks):
   """`fit` until the planned steps are done, a signal stops every worker or the non-finite
   guard gives up. A resumed run first finishes the epoch it stopped in, so it takes exactly
   the steps (and data) of an uninterrupted one."""
-  control = cb.RunControl(engine, checkpoints.save, config.checkpoint_every, signals)
-  guard = cb.NonFiniteStop(config.max_nonfinite)
-  progress = cb.Progress(splits.steps_per_epoch, config.epochs, splits.global_batch,
-                         show=engine.is_chief and config.verbose)
-  callbacks = [cb.AverageMetrics(engine), guard, control, progress]
-  report = None
-  if engine.is_chief:
-    report = cb.Report(run_dir, config.num_samples, seed=config.seed)
-    callbacks.append(report)
   history = {}
   step = cb.step_of(trainee)
   while step < splits.total_steps and not trainee.stop_training:
     epoch, done_in_epoch = divmod(step, splits.steps_per_epoch)
-    result = trainee.fit(splits.training_data(step),
-                         epochs=epoch + 1 if done_in_epoch else config.epochs,
-                         initial_epoch=epoch, steps_per_epoch=splits.steps_per_epoch - done_in_epoch,
-                         validation_data=splits.test_data, callbacks=callbacks, verbose=0)
-    for key, values in result.history.items():
-      history.setdefault(key, []).extend(values)
+    _extend(history, trainee.fit(
+        splits.training_data(step), epochs=epoch + 1 if done_in_epoch else config.epochs,
+        initial_epoch=epoch, steps_per_epoch=splits.steps_per_epoch - done_in_epoch,
+        validation_data=splits.test_data, callbacks=callbacks.all, verbose=0))
     new_step = cb.step_of(trainee)
-    if new_step == step or control.interrupted or guard.failure:
+    if new_step == step or callbacks.stopped:
       break
     step = new_step
     if step < splits.total_steps and engine.any(signals.signum is not None):  # between fits
-      control.interrupted = signals.signum or signal.SIGTERM
+      callbacks.control.interrupted = signals.signum or signal.SIGTERM
       checkpoints.save(step)
       break
-  return control, guard, progress, report, history
+  return history
 
 
-def _write_outputs(config, engine, trainee, splits, run_dir, report, progress, history,
-                   test_bpd, log):
+class _ElasticFit:
+  """`fit` one epoch at a time from the committed data position, under Horovod's elastic loop
+  (tfinvconv/train/elastic.py), until the planned epochs are done or the run stops. After each
+  sync every worker takes rank 0's settings (its refusal of the run, its warm-up length, which a
+  worker started at another size would compute differently), and the run counts its resets and
+  the steps this worker ran again after a rollback."""
+
+  def __init__(self, config, engine, trainee, schedule, position, splits, callbacks, refusal):
+    self.config, self.engine, self.trainee, self.schedule = config, engine, trainee, schedule
+    self.position, self.splits, self.callbacks = position, splits, callbacks
+    self.state = elastic.make_state(engine.hvd, trainee, position, refusal=refusal,
+                                    warmup_steps=schedule.warmup_steps)
+    self.state.register_reset_callbacks([self.reset])
+    self.commit = elastic.Commit(self.state, position, config.commit_every)
+    averaging, *others = callbacks.all
+    self.fit_callbacks = [averaging, self.commit, *others]  # position moved before checkpoints
+    self.first_step = None  # this worker's, after its first sync
+    self.history = {}
+    callbacks.elastic_stats = {"resets": 0, "steps_redone": 0}
+
+  def __call__(self):
+    elastic.run(self.engine.hvd, self.state, self.synced, self.train_epoch, self.done)
+    ran_forward = cb.step_of(self.trainee) - (self.first_step or 0)
+    self.callbacks.elastic_stats["steps_redone"] = self.commit.steps_run - ran_forward
+    return self.history
+
+  def done(self):
+    return int(self.position.epoch.numpy()) >= self.config.epochs
+
+  def synced(self):
+    if self.state.refusal:  # every worker stops
+      raise ValueError(self.state.refusal)
+    if self.state.warmup_steps != self.schedule.warmup_steps:
+      optimizer = getattr(self.trainee.optimizer, "inner_optimizer", self.trainee.optimizer)
+      optimizer.learning_rate = WarmupSchedule(self.schedule.peak, self.state.warmup_steps)
+    if self.first_step is None:
+      self.first_step = cb.step_of(self.trainee)
+
+  def reset(self):
+    """Horovod re-formed the job: new rank and size; steps traced again for them."""
+    self.engine.refresh()
+    self.splits.reshard()
+    self.trainee.train_function = self.trainee.test_function = None
+    workers.restart_first_step(self.trainee.flow)
+    self.callbacks.elastic_stats["resets"] += 1
+    if self.engine.is_chief and self.config.verbose:
+      print(f"\nelastic: {self.engine.size} worker(s) now; going on from step "
+            f"{cb.step_of(self.trainee)} (epoch {int(self.position.epoch.numpy()) + 1}, "
+            f"{int(self.position.images.numpy())} images in)", flush=True)
+
+  def train_epoch(self):
+    """The rest of the epoch; False when the run stopped (signal, non-finite guard)."""
+    stream, steps = self.splits.epoch_data(self.position)
+    if not steps and not int(self.position.images.numpy()):
+      raise ValueError(f"the training split has fewer images than one step of all workers "
+                       f"({self.splits.global_batch}): lower --batch-size")
+    progress = self.callbacks.progress
+    self.commit.images_per_step = progress.images_per_step = self.splits.global_batch
+    progress.steps_per_epoch = steps
+    if steps:
+      epoch = int(self.position.epoch.numpy())
+      _extend(self.history, self.trainee.fit(
+          stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+          validation_data=self.splits.test_data, callbacks=self.fit_callbacks, verbose=0))
+    if self.callbacks.stopped:
+      return False
+    self.position.next_epoch()
+    return True
+
+
+def _write_outputs(config, engine, trainee, splits, run_dir, callbacks, history, test_bpd, log):
   """The chief's outputs: final samples, metrics.json beside the per-pixel baseline."""
-  model, optimizer = trainee.flow, trainee.optimizer
+  model, optimizer, progress = trainee.flow, trainee.optimizer, callbacks.progress
   step = cb.step_of(trainee)
+  report = callbacks.report
+  if report is None:  # an elastic run whose rank 0 changed hosts
+    report = cb.Report(run_dir, config.num_samples, seed=config.seed)
+    report.set_model(trainee)
   sample_paths = report.samples("final")
   baseline_bpd, baseline_train, baseline_test = baseline.source_bits_per_dim(
       splits.train_images, splits.test_images, model.n_bins)
@@ -363,6 +513,8 @@ def _write_outputs(config, engine, trainee, splits, run_dir, report, progress, h
                      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
                      else None),
   }
+  if callbacks.elastic_stats is not None:
+    metrics["elastic"] = callbacks.elastic_stats
   metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in metrics.items()}  # strict JSON: no NaN
   metrics_path = os.path.join(run_dir, "metrics.json")
@@ -383,15 +535,24 @@ def _beats(test_bpd, baseline_bpd):
   return f"WORSE by {test_bpd - baseline_bpd:.4f}: the flow has not learned more than marginals"
 
 
-def _restore(trainee, prefix):
+def _restore(trainee, prefix, objects):
   """Restores every object of the run. A run saved without float16 loss scaling cannot gain
   it on resume (the model tracks its optimizer, so the missing scale fails the match)."""
   saved = [name for name, _ in tf.train.list_variables(prefix)]
+  missing = [name for name in objects if not any(s.startswith(name + "/") for s in saved)]
+  if missing:
+    raise ValueError(f"--resume: {prefix} was saved by a run that was not elastic (it holds no "
+                     f"{missing[0]}); resume it the way it was launched, without "
+                     "--host-discovery-script / --min-np")
+  if not objects and any(s.startswith("data_position/") for s in saved):
+    raise ValueError(f"--resume: {prefix} was saved by an elastic run (its epochs are counted "
+                     "in images); resume it with horovodrun --min-np/--max-np/"
+                     "--host-discovery-script")
   if (isinstance(trainee.optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and
       not any(name.startswith("optimizer/loss_scale/") for name in saved)):
     raise ValueError(f"--resume: {prefix} was saved without float16 loss scaling; resume it "
                      "with the --mixed-precision it was trained with (none or bfloat16)")
-  trainee.restore(prefix)
+  trainee.restore(prefix, **objects)
 
 
 def _checkpoint_candidates(checkpoint_dir):
