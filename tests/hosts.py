@@ -180,6 +180,22 @@ class SimulatedHosts:
       subprocess.run([*prefix, "tc", "qdisc", "del", "dev", device, "root"], check=False,
                      capture_output=True)
 
+  def host_of(self, pid):
+    """The host whose network a process is in."""
+    shown = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True,
+                           check=True).stdout.split()
+    return self.namespaces.index(shown[0])
+
+  def ssh_client_config(self, text):
+    """`text` becomes the ssh client configuration of every host (None removes it)."""
+    path = os.path.join(self._ssh_home, "config")
+    if text is None:
+      if os.path.exists(path):
+        os.remove(path)
+      return
+    with open(path, "w") as f:
+      f.write(text)
+
   def start_sshd(self):
     """An sshd on every host, accepting one key made here; returns that key's private file."""
     if self._daemons:

@@ -103,7 +103,7 @@ class RunControl(tf_keras.callbacks.Callback):
       sys.stderr.flush()
       sys.stdout.flush()
       os._exit(128 + self.signals.signum)  # pylint: disable=protected-access
-    return count > 0
+    return count > 0 and count == self.engine.size
 
 
 class NonFiniteStop(tf_keras.callbacks.Callback):
