@@ -109,7 +109,7 @@ def main(argv=None):
           tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
     _leave_lost(lost_contact_message(error, config.folder()), trainer.EXIT_LOST_WORKER)
   except tf.errors.OpError as error:
-    if distributed.HOROVOD_SHUT_DOWN not in str(error):
+    if not distributed.horovod_lost_peer(error):
       raise
     _leave_lost(horovod_lost_message(config.folder()), trainer.EXIT_LOST_WORKER)
 

@@ -281,6 +281,13 @@ def _logical_cpus(count):
 HOROVOD_SHUT_DOWN = "Horovod has been shut down"
 
 
+def horovod_lost_peer(error):
+  """Whether a TF error is Horovod losing a peer: its background loop stopped, or the op's own
+  Gloo transfer failed (timed out on a host it cannot reach, or the peer closed)."""
+  text = str(error)
+  return HOROVOD_SHUT_DOWN in text or "gloo/transport/" in text
+
+
 def launched_by_horovod():
   return any(name in os.environ for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK",
                                              "PMI_RANK"))

@@ -108,7 +108,7 @@ def run(hvd, state, synced, train_epoch, done):
         # Horovod's loop only takes a lost worker for what it is when its own op names are in
         # the error (ours, the worker checks, are not), and it drops any other UnknownError
         # without a word: the run would look finished.
-        if distributed.HOROVOD_SHUT_DOWN in str(error):
+        if distributed.horovod_lost_peer(error):
           raise HorovodInternalError(error) from error
         if isinstance(error, tf.errors.UnknownError):
           raise RuntimeError(f"elastic training failed: {error}") from error
