@@ -51,16 +51,22 @@ class SignalFlag:
 
   def _record(self, signum, frame):  # pylint: disable=unused-argument
     if self.signum is not None:
-      sys.stderr.write(f"second signal ({signal.Signals(signum).name}): exiting now without "
-                       "saving; the last checkpoint is intact\n")
-      sys.stderr.flush()
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      _exit_for_signal(signum, f"second signal ({signal.Signals(signum).name}): exiting now "
+                       "without saving; the last checkpoint is intact")
     self.signum = signum
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous.clear()
+
+
+def _exit_for_signal(signum, message):
+  """Says `message` on stderr and exits at once with 128 + `signum` (no interpreter teardown:
+  also safe inside a signal handler)."""
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 def step_of(trainee):
@@ -98,12 +104,10 @@ class RunControl(tf_keras.callbacks.Callback):
       return self.engine.any(signalled)
     count = self.engine.count(signalled)
     if signalled and count < self.engine.size:
-      sys.stderr.write(f"{signal.Signals(self.signals.signum).name}: this worker leaves the "
-                       "elastic job; the others go on from their last commit\n")
-      sys.stderr.flush()
       sys.stdout.flush()
-      os._exit(128 + self.signals.signum)  # pylint: disable=protected-access
-    return count > 0 and count == self.engine.size
+      _exit_for_signal(self.signals.signum, f"{signal.Signals(self.signals.signum).name}: this "
+                       "worker leaves the elastic job; the others go on from their last commit")
+    return count == self.engine.size
 
 
 class NonFiniteStop(tf_keras.callbacks.Callback):

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DIGITS_TRAIN = 1500  # of scikit-learn's 1,797 digits; the rest is the test split
+SHUFFLE_BUFFER = 10_000  # records; every training stream shuffles through one of this size
 
 # What to tell a user whose TFDS dataset is missing; {data_dir} is filled in.
 _HOW_TO_GET = {
@@ -223,7 +224,7 @@ def pipeline(source, batch_size, num_shards=1, shard_index=0, training=True, see
   if num_shards > 1:
     records = records.shard(num_shards, shard_index)
   if training:
-    records = records.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+    records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
     records = records.skip(skip_batches * batch_size)
   elif skip_batches:
     raise ValueError("skip_batches is only for the (repeated) training stream")
@@ -245,7 +246,8 @@ def epoch_pipeline(source, batch_size, num_shards, shard_index, seed, epoch, pos
   global_batch = batch_size * num_shards
   steps = max(0, (source.count() - position) // global_batch)
   order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-  records = source.records.shuffle(10_000, seed=order_seed, reshuffle_each_iteration=False)
+  records = source.records.shuffle(SHUFFLE_BUFFER, seed=order_seed,
+                                   reshuffle_each_iteration=False)
   records = records.skip(position).take(steps * global_batch)
   records = records.batch(batch_size).shard(num_shards, shard_index).unbatch()  # before decoding
   images = records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
