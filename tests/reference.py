@@ -41,3 +41,23 @@ def random_kernel(rng, k, c, unit_diagonal):
   centre = kernel[k - 1, k - 1]
   np.fill_diagonal(centre, diag)
   return kernel
+
+
+# Float32 numbers computed on another machine (another CPU, another of the op's dispatch paths,
+# another oneDNN kernel) agree with ours only up to rounding: summation order and FMA contraction
+# differ. Each rounding costs at most half a unit in the last place (eps32 = 2^-23), and a
+# log-density or a loss goes through some tens to hundreds of them, so stored numbers are compared
+# to within 128 eps32 (the last 7 of float32's 24 significand bits) of their largest magnitude.
+# Bitwise comparisons stay for files read back and for two computations in one process.
+FLOAT32_ACROSS_MACHINES = 128 * float(np.finfo(np.float32).eps)
+
+
+def assert_close_across_machines(actual, stored, what="", rtol=FLOAT32_ACROSS_MACHINES):
+  """`actual` (float32, computed here) against `stored` (computed elsewhere), relative to the
+  stored numbers' largest magnitude."""
+  actual, stored = np.asarray(actual, np.float64), np.asarray(stored, np.float64)
+  assert actual.shape == stored.shape, (what, actual.shape, stored.shape)
+  scale = max(float(np.max(np.abs(stored))), np.finfo(np.float32).tiny)
+  error = float(np.max(np.abs(actual - stored))) / scale
+  assert error <= rtol, (f"{what}: relative difference {error:.2e} from the stored numbers "
+                         f"exceeds float32 rounding across machines ({rtol:.1e})")
