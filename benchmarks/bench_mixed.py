@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks import bench_ops
 from benchmarks import compiled_train_step
+from benchmarks import timing
 from tfinvconv.models import Glow
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -51,18 +51,10 @@ def measure(size, levels, depth, hidden, batch, repeats):
   models["float32"].initialize(images)
   for a, b in zip(models["float32"].all_variables(), models["mixed_bfloat16"].all_variables()):
     b.assign(a.numpy())  # same weights
-  steps = {name: _step(model, images) for name, model in models.items()}
-  for fn in steps.values():  # trace and warm up
-    bench_ops._timed(fn)  # pylint: disable=protected-access
-    bench_ops._timed(fn)  # pylint: disable=protected-access
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, fn in steps.items():
-      times[name].append(1e3 * bench_ops._timed(fn))  # pylint: disable=protected-access
+  steps = {name: (_step(model, images), ()) for name, model in models.items()}
   row = {"size": size, "levels": levels, "depth": depth, "hidden": hidden, "batch": batch}
-  for name, values in times.items():
-    row[name] = {"median_ms": float(np.median(values)), "min_ms": float(np.min(values)),
-                 "max_ms": float(np.max(values))}
+  for name, values in timing.interleaved(steps, repeats).items():
+    row[name] = timing.summary_ms(values)
   row["ratio"] = row["mixed_bfloat16"]["median_ms"] / row["float32"]["median_ms"]
   return row
 
@@ -96,7 +88,7 @@ def markdown(rows, meta, repeats, command):
     lines.append(f"| {r['size']}x{r['size']} | {r['levels']}x{r['depth']} | {r['hidden']} | "
                  f"{r['batch']} | {_fmt(r['float32'])} | {_fmt(r['mixed_bfloat16'])} | "
                  f"{r['ratio']:.2f} |")
-  lines += ["", "GPU: not measured - the GPU machines lent so far have no TensorFlow. On GPUs "
+  lines += ["", "GPU: not measured - the GPU machines we measure on have no TensorFlow. On GPUs "
             "with bfloat16/float16 tensor cores the coupling networks (most of Glow's FLOPs) "
             "are where mixed precision is expected to pay; this CPU table says nothing about "
             "that."]
@@ -109,7 +101,7 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=10)
   args = parser.parse_args(argv)
   configs, repeats = (QUICK, 3) if args.quick else (CONFIGS, args.repeats)
-  meta = {"cpu": bench_ops._cpu_name(), "cores": os.cpu_count(),  # pylint: disable=protected-access
+  meta = {"cpu": timing.cpu_name(), "cores": os.cpu_count(),
           "tensorflow": tf.__version__, "python": platform.python_version(),
           "cpu_bf16_flags": _cpu_bf16_flags()}
   rows = []

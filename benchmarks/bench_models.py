@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks import bench_ops
 from benchmarks import compiled_train_step
+from benchmarks import timing
 from benchmarks.tfp_glow import TfpGlow
 from tfinvconv.models import Glow
 
@@ -62,27 +62,14 @@ def make_callables(model, batch, seed=0):
   return {"forward": forward, "train_step": lambda: step(images)["loss"], "sample": sample}
 
 
-def _time(fn):
-  return 1e3 * bench_ops._timed(fn)  # pylint: disable=protected-access
-
-
 def measure(configs, repeats):
-  """configs: {key: (model, batch)}. Returns {key: {measure: [ms, ...]}}, interleaved."""
-  callables = {key: make_callables(model, batch) for key, (model, batch) in configs.items()}
-  for fns in callables.values():  # trace + warm up
-    for fn in fns.values():
-      _time(fn)
-  times = {key: {m: [] for m in fns} for key, fns in callables.items()}
-  for _ in range(repeats):
-    for key, fns in callables.items():
-      for measure_name, fn in fns.items():
-        times[key][measure_name].append(_time(fn))
+  """configs: {key: (model, batch)}. Returns {key: {measure: [seconds, ...]}}, interleaved."""
+  calls = {(key, name): (fn, ()) for key, (model, batch) in configs.items()
+           for name, fn in make_callables(model, batch).items()}
+  times = {key: {} for key in configs}
+  for (key, name), values in timing.interleaved(calls, repeats, warmup=1).items():
+    times[key][name] = values
   return times
-
-
-def summarise(values):
-  return {"median_ms": float(np.median(values)), "min_ms": float(np.min(values)),
-          "max_ms": float(np.max(values))}
 
 
 def peak_memory_gb(name, size, depth, hidden, kernel_size=3):
@@ -122,7 +109,7 @@ def size_table(sizes, depth, hidden, repeats, memory=True, models=MODELS):
       row = {"model": name, "size": size, "batch": BATCH[size],
              "params": _params(configs[name][0])}
       for measure_name, values in times[name].items():
-        row[measure_name] = summarise(values)
+        row[measure_name] = timing.summary_ms(values)
       row["peak_rss_gb"] = peak_memory_gb(name, size, depth, hidden) if memory else None
       rows.append(row)
     print(f"measured size {size}", flush=True)
@@ -138,7 +125,7 @@ def kernel_table(kernel_sizes, size, depth, hidden, repeats):
     row = {"kernel_size": k, "size": size, "batch": BATCH[size],
            "params": _params(configs[k][0])}
     for measure_name, values in times[k].items():
-      row[measure_name] = summarise(values)
+      row[measure_name] = timing.summary_ms(values)
     rows.append(row)
   return rows
 

@@ -9,27 +9,15 @@ benchmarks/results/ops_cpu.{json,md}.
 
 import argparse
 import os
-import platform
-import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import timing
 from benchmarks import write_results
 from tfinvconv import ops
 
 DENSE_LIMIT = 12288  # largest H*W*C whose dense triangular matrix (float32, 600 MB) we build
-
-
-def _cpu_name():
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def _dense_matrix(kernel, size, channels):
@@ -41,13 +29,6 @@ def _dense_matrix(kernel, size, channels):
                        [-1, size, size, channels])
     columns.append(tf.reshape(ops.causal_conv2d(basis, kernel), [-1, n]))
   return tf.transpose(tf.concat(columns, axis=0))
-
-
-def _timed(fn, *args):
-  start = time.perf_counter()
-  out = fn(*args)
-  tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for the result
-  return time.perf_counter() - start
 
 
 def bench_row(batch, size, channels, k, repeats, rng):
@@ -88,18 +69,12 @@ def bench_row(batch, size, channels, k, repeats, rng):
         lambda m, r: tf.linalg.triangular_solve(m, r, lower=True)), matrix, rhs)
   fns = {name: (case[0], case[1:] if len(case) > 2 else (case[1], kernel))
          for name, case in cases.items()}
-  for fn, args in fns.values():  # warm-up: tracing, oneDNN primitive creation
-    _timed(fn, *args)
-    _timed(fn, *args)
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, (fn, args) in fns.items():
-      times[name].append(_timed(fn, *args))
   row = {"batch": batch, "size": size, "channels": channels, "k": k}
-  for name, values in times.items():
-    row[name + "_ms"] = 1e3 * float(np.median(values))
-    row[name + "_min_ms"] = 1e3 * float(np.min(values))
-    row[name + "_max_ms"] = 1e3 * float(np.max(values))
+  for name, values in timing.interleaved(fns, repeats).items():
+    summary = timing.summary_ms(values)
+    row[name + "_ms"] = summary["median_ms"]
+    row[name + "_min_ms"] = summary["min_ms"]
+    row[name + "_max_ms"] = summary["max_ms"]
   row["custom_over_conv"] = row["inverse_custom_ms"] / row["conv_ms"]
   row["custom_fwd_bwd_over_conv_fwd_bwd"] = (row["inverse_custom_fwd_bwd_ms"] /
                                               row["conv_fwd_bwd_ms"])
@@ -142,7 +117,7 @@ def main(argv=None):
   shapes = [(16, 16, 12), (16, 16, 48)] if args.quick else [
       (16, size, channels) for size in (16, 32, 64) for channels in (12, 48)]
   rng = np.random.default_rng(0)
-  meta = {"cpu": _cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+  meta = {"cpu": timing.cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
           "repeats": repeats}
   rows = []
   for batch, size, channels in shapes:

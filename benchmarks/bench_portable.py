@@ -96,14 +96,13 @@ def main(argv=None):
   for spec in args.library:
     if "=" not in spec or not os.path.exists(spec.split("=", 1)[1]):
       parser.error(f"--library {spec}: expected NAME=PATH of an existing library")
-  # Only here: bench_ops imports tfinvconv, which registers the op (a worker must not).
-  from benchmarks.bench_ops import _cpu_name  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top  # TensorFlow: the parent only
   workers = [_start(spec) for spec in args.library]
   names = [name for name, _, _ in workers]
   paths = {name: path for name, _, path in workers}
   rounds = 3 if args.quick else args.rounds
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  meta = {"cpu": _cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+  meta = {"cpu": timing.cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
           "rounds": rounds, "paths": paths}
   rows = []
   for batch, size, channels, dtype in QUICK_SHAPES if args.quick else SHAPES:

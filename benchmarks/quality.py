@@ -32,7 +32,7 @@ from tfinvconv.models.glow import MIXERS
 from tfinvconv.train import baseline
 from tfinvconv.train import data
 from tfinvconv.train import presets
-from tfinvconv.train.trainer import WarmupSchedule
+from tfinvconv.train.schedule import WarmupSchedule
 
 MODELS = ("inverse_conv", "1x1", "finc", "emerging", "nxn", "tfp_glow")  # most asked first
 assert set(MODELS) == set(MIXERS) | {"tfp_glow"}

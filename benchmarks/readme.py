@@ -248,7 +248,7 @@ def models_cpu():
       "runtime: the solve needs no B·C·k²·H·W buffers (inverse_conv "
       f"+{_range(extra('inverse_conv'), 2)} GB over 1×1, tfp.bijectors.Glow "
       f"+{_range(extra('tfp_glow'), 2)} GB).",
-      "GPU columns: not measured (no TensorFlow on the GPU machines lent so far); the op-level "
+      "GPU columns: not measured (no TensorFlow on the GPU machines we measure on); the op-level "
       "GPU numbers are below."]
   intro = (f"**Model level** (`models_cpu.md`, {results['meta']['cpu']}, "
            f"{results['meta']['cores']} cores; Tables 7/8 and 10 of Inverse-Flow in form; K = "

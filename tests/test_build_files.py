@@ -148,10 +148,12 @@ def test_the_include_scan_finds_the_headers():
   assert headers and headers <= dist_check.build_inputs()
 
 
+@pytest.mark.slow  # builds the sdist
 def test_sdist_holds_every_file_the_build_reads_and_complete_metadata(sdist):
   assert dist_check.sdist_problems(sdist) == []
 
 
+@pytest.mark.slow  # builds two sdists
 def test_an_sdist_without_a_header_fails(sdist, tmp_path):
   """The check above can fail: the same sources with MANIFEST.in's header line removed."""
   with tarfile.open(sdist) as archive:
@@ -188,6 +190,7 @@ def test_licence_is_the_apache_2_text():
   assert digest == "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
 
 
+@pytest.mark.slow  # four fresh interpreters
 def test_isolated_build_stops_at_once_and_says_what_to_do():
   """pip's isolated build environment has no TensorFlow: the backend's first hook stops there,
   before pip resolves any dependency, with the commands to use instead."""
@@ -210,6 +213,7 @@ def _requires_dist(sdist):
   return re.findall(r"^Requires-Dist: (.*)$", text, re.M)
 
 
+@pytest.mark.slow  # builds the sdist
 def test_readme_install_routes_end_with_one_tensorflow(sdist):
   """README's two commands against the wheel's requirements: the tensorflow-cpu one resolves all
   but the two requirements that declare `tensorflow` and installs those with --no-deps. The
@@ -244,6 +248,7 @@ def _needed_libraries(library):
   return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic.stdout)
 
 
+@pytest.mark.slow  # readelf, and TensorFlow imported in a fresh process
 def test_op_library_names_no_tensorflow_library_and_loads():
   """The op takes TensorFlow's symbols from the process that loads it: a DT_NEEDED entry for
   libtensorflow_framework.so.2 is what would make the wheel fail `auditwheel show` (no manylinux

@@ -449,6 +449,7 @@ def test_every_python_block_is_runnable_or_listed():
   assert not missing, f"BLOCKS lists blocks the documents no longer have: {missing}"
 
 
+@pytest.mark.slow  # the `ran` fixture: one subprocess runs the blocks, parsers and names
 @pytest.mark.parametrize("block_id", [e.id for e in BLOCKS.values() if isinstance(e, Run)])
 def test_python_block_runs(ran, block_id):
   assert ran["blocks"].get(block_id) == "ok", ran["blocks"].get(block_id, "not run")
@@ -482,6 +483,7 @@ def test_make_commands_name_makefile_targets():
   assert not bad, f"not Makefile targets: {bad}"
 
 
+@pytest.mark.slow  # the `ran` fixture
 def test_python_module_commands_parse(ran):
   modules = {module for _, module, _ in python_commands()}
   unchecked = [m for m in modules if m not in PARSED_MODULES]
@@ -519,6 +521,7 @@ def _horovodrun_flags():
   return _help_flags(shown.stdout)
 
 
+@pytest.mark.slow  # the `ran` fixture
 def test_help_lists_every_documented_flag(ran):
   """Each command's flags are in its module's --help; a flag named alone in the prose
   (`--n-bins N`) is one of the trainer's (or another documented module's, horovodrun's or
@@ -691,12 +694,14 @@ def test_no_path_leaves_the_repository():
   assert not outside, f"paths outside the repository: {outside}"
 
 
+@pytest.mark.slow  # the `ran` fixture
 def test_named_modules_and_attributes_exist(ran):
   bad = {name: why for name, why in ran["names"].items() if why != "ok"}
   assert not bad, bad
   assert "tfinvconv.models.Glow" in ran["names"]  # the scan found the documents' names
 
 
+@pytest.mark.slow  # the `ran` fixture
 def test_documented_keywords_exist(ran):
   bad = {call: why for call, why in ran["calls"].items() if why != "ok"}
   assert not bad, bad

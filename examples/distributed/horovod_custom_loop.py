@@ -4,7 +4,7 @@ import tensorflow as tf
 import tf_keras
 import horovod.tensorflow as hvd
 
-from tfinvconv.models.workers import check_gradients_agree
+from tfinvconv.models.horovod_agreement import check_gradients_agree
 from common import STEPS, make_glow, report, worker_batches
 
 hvd.init()

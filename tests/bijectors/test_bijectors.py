@@ -282,3 +282,12 @@ def test_coupling_is_its_formula_with_its_network(additive):
   np.testing.assert_allclose(z[..., 2:], (x[..., 2:] + shift) * scale, rtol=1e-12)
   log_det = coupling.inverse_log_det_jacobian(tf.constant(x), event_ndims=3).numpy()
   np.testing.assert_allclose(log_det, np.log(scale).sum(axis=(1, 2, 3)), rtol=1e-12)
+
+
+def test_finc_is_the_inverted_layer():
+  layer = tib.InverseConv(3, 2, learn_diagonal=True)
+  finc = tfb.Invert(layer)
+  rng = np.random.default_rng(0)
+  x = tf.constant((rng.normal(size=(8, 4, 4, 3)) * [1.0, 3.0, 0.2] + [0.5, -2.0, 4.0])
+                  .astype(np.float32))
+  np.testing.assert_allclose(finc.inverse(x).numpy(), layer.forward(x).numpy())

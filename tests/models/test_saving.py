@@ -39,7 +39,12 @@ def _flat(model):
   return np.concatenate([v.numpy().ravel() for v in model.all_variables()])
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+# `make test-quick` round-trips the library's own mixer (inverse_conv), `make test` every one.
+ROUND_TRIP_MIXERS = [m if m == "inverse_conv" else pytest.param(m, marks=pytest.mark.slow)
+                     for m in MIXERS]
+
+
+@pytest.mark.parametrize("mixer", ROUND_TRIP_MIXERS)
 def test_keras_format_round_trips_every_variable(mixer, digits, tmp_path):
   model = _trained(mixer, digits)
   x = model.preprocess(digits[:16], noise=False)
@@ -55,6 +60,7 @@ def test_keras_format_round_trips_every_variable(mixer, digits, tmp_path):
   assert np.max(np.abs(fresh.log_prob(x).numpy() - want)) > 1.0
 
 
+@pytest.mark.slow  # three fits
 def test_keras_format_continues_training_exactly(digits, tmp_path):
   model = _trained("inverse_conv", digits)
   path = str(tmp_path / "glow.keras")
@@ -66,7 +72,10 @@ def test_keras_format_continues_training_exactly(digits, tmp_path):
   np.testing.assert_array_equal(_flat(loaded), _flat(model))
 
 
-@pytest.mark.parametrize("name", ["saved_model_dir", "glow.h5", "glow.tf"])
+# `make test-quick` tries one of the refused names, `make test` each.
+@pytest.mark.parametrize("name", ["saved_model_dir",
+                                  pytest.param("glow.h5", marks=pytest.mark.slow),
+                                  pytest.param("glow.tf", marks=pytest.mark.slow)])
 def test_formats_that_would_lose_variables_are_refused(name, digits, tmp_path):
   model = _trained("1x1", digits, steps_per_epoch=1)
   with pytest.raises(ValueError, match=r"\.keras.*export_saved_model"):
@@ -108,6 +117,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a fresh Python process imports TensorFlow
 @pytest.mark.parametrize("mixer", ["inverse_conv", "finc"])
 def test_saved_model_loads_in_a_fresh_process_with_identical_numbers(mixer, digits, tmp_path):
   model = _trained(mixer, digits)
@@ -153,7 +163,7 @@ def test_files_written_before_the_counters_left_the_model_still_load():
   read back bitwise; the outputs must equal, bitwise, those of the same model rebuilt here from
   the stored weights; against the stored outputs (another CPU, another rounding) they are
   compared within float32 rounding (tests/reference.py)."""
-  from tfinvconv.training import GuardedTraining  # pylint: disable=g-import-not-at-top
+  from tfinvconv.guarded_training import GuardedTraining  # pylint: disable=g-import-not-at-top
   expected = np.load(os.path.join(FIXTURES, "glow_v1_expected.npz"))
   loaded = tf_keras.models.load_model(os.path.join(FIXTURES, "glow_v1.keras"))
   x = loaded.preprocess(expected["images"], noise=False)

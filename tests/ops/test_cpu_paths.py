@@ -13,31 +13,15 @@ import numpy as np
 import pytest
 
 from tests import reference as ref
+from tests.ops import cpu_flags
 from tests.ops import cpu_path_probe as probe
 from tfinvconv import ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = os.path.join(ROOT, "tests", "ops", "cpu_path_probe.py")
 PORTABLE_PATHS = ("baseline", "avx2", "avx512")
-
-
-def _cpu_flags():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("flags"):
-        return set(line.split(":", 1)[1].split())
-  return set()
-
-
-def _paths_this_cpu_runs():
-  """From /proc/cpuinfo, not from the dispatcher under test."""
-  flags = _cpu_flags()
-  paths = ["baseline"]
-  if {"avx2", "fma"} <= flags:
-    paths.append("avx2")
-    if "avx512f" in flags:
-      paths.append("avx512")
-  return paths
+# Each test here starts a process (a probe or qemu): `make test` runs them, `make test-quick` not.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +32,7 @@ def widest():
   path = ops.cpu_path()
   if path not in PORTABLE_PATHS:
     pytest.skip(f"a TFINVCONV_MARCH build (its one path is {path!r})")
-  if not _cpu_flags():
+  if not cpu_flags.cpu_flags():
     pytest.skip("no /proc/cpuinfo to check the dispatcher against")
   return path
 
@@ -63,12 +47,12 @@ def _probe(tmp_path, cpu_path, *qemu):
 
 
 def test_auto_picks_the_widest_path_this_cpu_has(widest):
-  assert widest == _paths_this_cpu_runs()[-1]
+  assert widest == cpu_flags.paths_this_cpu_runs()[-1]
 
 
 @pytest.mark.parametrize("forced", PORTABLE_PATHS)
 def test_every_path_gives_the_results_of_the_widest(widest, forced, tmp_path):
-  if forced not in _paths_this_cpu_runs():
+  if forced not in cpu_flags.paths_this_cpu_runs():
     pytest.skip(f"this CPU cannot run the {forced} path")
   results = _probe(tmp_path, forced)
   assert str(results["path"]) == forced, str(results["error"])
@@ -98,7 +82,7 @@ def test_unknown_path_is_refused_with_the_choices(widest, tmp_path):
 
 
 def test_a_path_this_cpu_lacks_is_refused(widest, tmp_path):
-  missing = [p for p in PORTABLE_PATHS if p not in _paths_this_cpu_runs()]
+  missing = [p for p in PORTABLE_PATHS if p not in cpu_flags.paths_this_cpu_runs()]
   if not missing:
     pytest.skip("this CPU runs every path")
   results = _probe(tmp_path, missing[-1])

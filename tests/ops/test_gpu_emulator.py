@@ -1,7 +1,9 @@
 """The GPU solve without a GPU: the host emulator runs the CUDA kernel's own programs
 (custom_ops/inverse_conv/core/inverse_conv_gpu_kernel.h) and must pass on the real source and
-fail on broken copies of it; the resource gate and the target list are checked here too."""
+fail on each of eleven broken copies of it (MUTATIONS); the resource gate and the target list are
+checked here too."""
 
+import concurrent.futures
 import importlib.util
 import os
 import re
@@ -23,36 +25,6 @@ def _load_tool(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-@pytest.fixture(scope="module")
-def cpu_core_object(tmp_path_factory):
-  """The CPU core compiled once; every emulator build below links it."""
-  out = str(tmp_path_factory.mktemp("core") / "inverse_conv_cpu.o")
-  subprocess.run(GXX + ["-O2", "-I", ROOT, "-c", os.path.join(CORE, "inverse_conv_cpu.cc"), "-o",
-                        out], check=True)
-  return out
-
-
-def _build_and_run(include_root, cpu_object, out_dir, *flags):
-  binary = os.path.join(str(out_dir), "emulate")
-  subprocess.run(GXX + ["-O1", "-I", include_root, EMULATOR_SOURCE, cpu_object, "-o", binary],
-                 check=True, capture_output=True)
-  return subprocess.run([binary, *flags], capture_output=True, text=True, timeout=300)
-
-
-def test_emulator_passes_on_the_kernel_source(cpu_core_object, tmp_path):
-  run = _build_and_run(ROOT, cpu_core_object, tmp_path)
-  assert run.returncode == 0, run.stdout + run.stderr
-  # Both paths, both weight placements and both precisions ran, with no failure.
-  for dtype in ("float64", "float32"):
-    m = re.search(dtype + r": (\d+) cases \((\d+) whole-image, (\d+) tiled, (\d+) global "
-                  r"fallback, (\d+) with weights in shared memory\), (\d+) failures", run.stdout)
-    assert m, run.stdout
-    cases, whole, tiled, fallback, shared, failures = map(int, m.groups())
-    assert cases > 300 and whole > 200 and tiled > 100 and fallback > 50
-    assert 0 < shared < cases and failures == 0
-  assert "launch plans: " in run.stdout and ", 0 failures" in run.stdout
 
 
 # Each mutation is one way the kernel source can be wrong; the emulator must catch every one.
@@ -83,18 +55,99 @@ MUTATIONS = {
     "singular kernel not poisoned with NaN": (
         "singular ? static_cast<T>(NAN) : value", "value"),
 }
+REAL = "the kernel source"  # the key of the unmutated build in `emulated`
 
 
+def _kernel_source():
+  with open(KERNEL) as f:
+    return f.read()
+
+
+def _compile(include_root, source, out, optimisation):
+  """g++ -c; None on success, else what g++ said."""
+  run = subprocess.run(GXX + [optimisation, "-I", include_root, "-c", source, "-o", out],
+                       capture_output=True, text=True, check=False)
+  return None if run.returncode == 0 else run.stderr[-3000:]
+
+
+def _emulate(name, include_root, folder, core, flags):
+  """Compiles the emulator against `include_root`'s kernel, links the CPU core (the future
+  `core`), runs it: the CompletedProcess, or a string saying which build step failed."""
+  objects = os.path.join(folder, "emulate.o")
+  failed = _compile(include_root, EMULATOR_SOURCE, objects, "-O1")
+  if failed:
+    return f"{name}: the emulator did not compile\n{failed}"
+  core_object, failed = core.result()
+  if failed:
+    return f"the CPU core did not compile\n{failed}"
+  binary = os.path.join(folder, "emulate")
+  link = subprocess.run(GXX + [objects, core_object, "-o", binary], capture_output=True,
+                        text=True, check=False)
+  if link.returncode != 0:
+    return f"{name}: the emulator did not link\n{link.stderr[-3000:]}"
+  try:
+    return subprocess.run([binary, *flags], capture_output=True, text=True, timeout=300)
+  except subprocess.TimeoutExpired:
+    return f"{name}: the emulator ran for more than 300 s"
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+  """The emulator built on the kernel source and on each broken copy of it (MUTATIONS), every
+  g++ and every run in parallel (one CPU core object, compiled once, linked into each): {REAL or
+  mutation name: the emulator's CompletedProcess, or why there is none}. The real source runs
+  in full, each copy with --quick. A mutation whose anchor is not in the source once is not
+  built (its test says so)."""
+  source = _kernel_source()
+  folder = tmp_path_factory.mktemp("emulator")
+  jobs = {REAL: (ROOT, [])}
+  for i, (name, (before, after)) in enumerate(sorted(MUTATIONS.items())):
+    if source.count(before) != 1:
+      continue
+    root = folder / f"mutant{i}"
+    shutil.copytree(CORE, root / "custom_ops" / "inverse_conv" / "core")
+    (root / "custom_ops" / "inverse_conv" / "core" / "inverse_conv_gpu_kernel.h").write_text(
+        source.replace(before, after))
+    jobs[name] = (str(root), ["--quick"])
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+    core_object = str(folder / "inverse_conv_cpu.o")
+    core = pool.submit(lambda: (core_object, _compile(
+        ROOT, os.path.join(CORE, "inverse_conv_cpu.cc"), core_object, "-O2")))
+    runs = {}
+    for name, (root, flags) in jobs.items():
+      out = folder / f"build{len(runs)}"
+      out.mkdir()
+      runs[name] = pool.submit(_emulate, name, root, str(out), core, flags)
+    return {name: run.result() for name, run in runs.items()}
+
+
+def _ran(emulated, name):
+  run = emulated[name]
+  assert not isinstance(run, str), run  # no build, or no end
+  return run
+
+
+@pytest.mark.slow
+def test_emulator_passes_on_the_kernel_source(emulated):
+  run = _ran(emulated, REAL)
+  assert run.returncode == 0, run.stdout + run.stderr
+  # Both paths, both weight placements and both precisions ran, with no failure.
+  for dtype in ("float64", "float32"):
+    m = re.search(dtype + r": (\d+) cases \((\d+) whole-image, (\d+) tiled, (\d+) global "
+                  r"fallback, (\d+) with weights in shared memory\), (\d+) failures", run.stdout)
+    assert m, run.stdout
+    cases, whole, tiled, fallback, shared, failures = map(int, m.groups())
+    assert cases > 300 and whole > 200 and tiled > 100 and fallback > 50
+    assert 0 < shared < cases and failures == 0
+  assert "launch plans: " in run.stdout and ", 0 failures" in run.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
-def test_emulator_fails_on_a_broken_kernel(name, cpu_core_object, tmp_path):
-  before, after = MUTATIONS[name]
-  source = open(KERNEL).read()
-  assert source.count(before) == 1, f"mutation anchor for {name!r} not found once"
-  mutated_root = tmp_path / "root"
-  shutil.copytree(CORE, mutated_root / "custom_ops" / "inverse_conv" / "core")
-  (mutated_root / "custom_ops" / "inverse_conv" / "core" / "inverse_conv_gpu_kernel.h").write_text(
-      source.replace(before, after))
-  run = _build_and_run(str(mutated_root), cpu_core_object, tmp_path, "--quick")
+def test_emulator_fails_on_a_broken_kernel(name, emulated):
+  before, _ = MUTATIONS[name]
+  assert _kernel_source().count(before) == 1, f"mutation anchor for {name!r} not found once"
+  run = _ran(emulated, name)
   assert run.returncode == 1, f"the emulator missed: {name}\n{run.stdout}{run.stderr}"
   assert "GPU EMULATION FAILED" in run.stdout
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.train.test_distributed import _multiworker_environments
 
+pytestmark = pytest.mark.slow  # horovodrun, recipe processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = os.path.join(ROOT, "examples", "distributed")
 HOROVODRUN = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2", "-H",
@@ -71,8 +73,14 @@ RECIPE_WORKERS = {"horovod_keras.py": 2, "horovod_custom_loop.py": 2, "mirrored_
 
 
 @pytest.fixture(scope="module")
-def recipe_reports():
-  return {script: _reports(_run(script)) for script in RECIPE_WORKERS}
+def recipe_outputs():
+  """Every recipe run once, as its docstring says: {script: every process's output}."""
+  return {script: _run(script) for script in RECIPE_WORKERS}
+
+
+@pytest.fixture(scope="module")
+def recipe_reports(recipe_outputs):
+  return {script: _reports(outputs) for script, outputs in recipe_outputs.items()}
 
 
 def _common():
@@ -116,8 +124,8 @@ def test_every_worker_ends_with_the_same_weights(script, recipe_reports):
       assert other[key] == pytest.approx(reports[0][key], rel=1e-9), (script, reports)
 
 
-def test_mirrored_replicas_hold_the_same_values():
-  output = _run("mirrored_fit.py")[0]
+def test_mirrored_replicas_hold_the_same_values(recipe_outputs):
+  output = recipe_outputs["mirrored_fit.py"][0]
   sums = re.findall(r"replica (\d): first weight sum (\S+)", output)
   assert [r for r, _ in sums] == ["0", "1"] and sums[0][1] == sums[1][1], output[-2000:]
 
@@ -151,6 +159,10 @@ def test_horovod_keras_recipe_without_distributed_optimizer_is_refused():
   assert "DistributedOptimizer" not in source.split("optimizer = ")[1].splitlines()[0]
   outputs = _run("horovod_keras.py", source, returncode=None)
   assert "hold different gradients" in "".join(outputs), outputs[0][-3000:]
+  # The step is refused (InvalidArgumentError) with a message that names the fix.
+  said = [line for line in "".join(outputs).splitlines() if "hold different gradients" in line]
+  assert any("DistributedOptimizer" in line for line in said), said
+  assert "InvalidArgumentError" in "".join(outputs), outputs[0][-3000:]
   assert not _reports(outputs)
 
 
@@ -163,15 +175,17 @@ def test_horovod_custom_loop_without_distributed_tape_is_refused():
   assert not _reports(outputs)
 
 
+# Glow.fit under Horovod's Keras API, each case a model of its own; a refusal is an
+# InvalidArgumentError on both ranks at the same step, after which the next case starts. (A
+# new optimizer without DistributedOptimizer is the Keras recipe's own refusal test above.)
 REFUSALS = '''
 import tensorflow as tf, tf_keras
 import horovod.tensorflow.keras as hvd
-from tfinvconv.training import GuardedTraining
+from tfinvconv.guarded_training import GuardedTraining
 from common import make_glow, worker_batches
 hvd.init()
 data = worker_batches(hvd.rank(), hvd.size())
 cases = {
-    "plain": lambda: (make_glow(), tf_keras.optimizers.Adam(1e-3)),
     "legacy": lambda: (make_glow(), tf_keras.optimizers.legacy.Adam(1e-3)),
     "guarded": lambda: (GuardedTraining(make_glow()), tf_keras.optimizers.Adam(1e-3)),
     "averaged": lambda: (make_glow(), hvd.DistributedOptimizer(tf_keras.optimizers.Adam(1e-3))),
@@ -184,21 +198,34 @@ for name, make in cases.items():
   try:
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0,
               callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
-    print(f"CASE {name} trained", flush=True)
+    print(f"FIT {name} trained", flush=True)
   except tf.errors.InvalidArgumentError as error:
     said = "hold different gradients" in str(error) and "DistributedOptimizer" in str(error)
-    print(f"CASE {name} refused {said}", flush=True)
+    print(f"FIT {name} refused {said}", flush=True)
 '''
 
 
-def test_every_gradient_path_without_averaging_is_refused():
-  """Glow.fit's compute_gradients + apply_gradients with a new and a legacy optimizer, and the
-  guarded step: refused without Horovod's averaging, trained with it."""
-  outputs = _run("horovod_refusals.py", REFUSALS)
-  cases = dict(re.findall(r"CASE (\w+) (.+)", outputs[0]))
-  assert cases == {"plain": "refused True", "legacy": "refused True",
-                   "guarded": "refused True", "averaged": "trained",
-                   "guarded_averaged": "trained"}, outputs[0][-4000:]
+@pytest.fixture(scope="module")
+def gradient_checks():
+  """REFUSALS, then LOOPS, in one horovodrun (one start of two TensorFlow processes): what
+  rank 0 and rank 1 printed, each line without horovodrun's prefix, and horovodrun's whole
+  output."""
+  outputs = _run("horovod_gradient_checks.py", REFUSALS + LOOPS)
+  ranks = ["\n".join(line.split(":", 1)[1] for line in outputs[0].splitlines()
+                     if line.startswith(f"[{rank}]<stdout>:")) for rank in (0, 1)]
+  return ranks, outputs[0]
+
+
+def test_every_gradient_path_without_averaging_is_refused(gradient_checks):
+  """Glow.fit's compute_gradients + apply_gradients with a legacy optimizer (a new one: the
+  Keras recipe's refusal test), and the guarded step: refused without Horovod's averaging,
+  trained with it."""
+  ranks, output = gradient_checks
+  for rank, lines in enumerate(ranks):
+    cases = dict(re.findall(r"FIT (\w+) (.+)", lines))
+    assert cases == {"legacy": "refused True", "guarded": "refused True",
+                     "averaged": "trained", "guarded_averaged": "trained"}, (
+                         rank, output[-4000:])
 
 
 LOOPS = '''
@@ -250,10 +277,10 @@ for name, case in cases.items():
     model = train(*case)
   except tf.errors.InvalidArgumentError as error:
     said = "hold different weights" in str(error) and "broadcast_variables" in str(error)
-    print(f"CASE {name} refused {said}", flush=True)
+    print(f"LOOP {name} refused {said}", flush=True)
     continue
   weights = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.trainable_variables])
-  print(f"CASE {name} trained", flush=True)
+  print(f"LOOP {name} trained", flush=True)
   print(f"WEIGHTS {name} {hvd.rank()} {float(weights)!r}", flush=True)
   if name == "averaged":
     folder = tempfile.mkdtemp()
@@ -263,25 +290,23 @@ for name, case in cases.items():
 '''
 
 
-def test_a_users_own_loop_without_averaging_or_broadcast_is_refused():
+def test_a_users_own_loop_without_averaging_or_broadcast_is_refused(gradient_checks):
   """Loops that never call our check: a plain tape (in a tf.function and eagerly) or `minimize`
   with a plain optimizer, or averaged gradients from weights never broadcast, are refused at the
   step after the weights parted, naming the fix. Horovod's own TF2 recipe (average, broadcast
   after the first step) trains, also with two log-density calls per step; its workers agree,
   and its SavedModel holds no Horovod op."""
-  outputs = _run("horovod_loops.py", LOOPS)
-  for rank in (0, 1):
-    lines = "\n".join(line.split(":", 1)[1] for line in outputs[0].splitlines()
-                      if line.startswith(f"[{rank}]<stdout>:"))
-    cases = dict(re.findall(r"CASE (\w+) (.+)", lines))
+  ranks, output = gradient_checks
+  for rank, lines in enumerate(ranks):
+    cases = dict(re.findall(r"LOOP (\w+) (.+)", lines))
     assert cases == {"averaged": "trained", "averaged_two_calls": "trained",
                      "plain_tape": "refused True",
                      "plain_tape_eager": "refused True", "plain_minimize": "refused True",
                      "never_broadcast": "refused True"}, (
-                         rank, outputs[0][-4000:])
+                         rank, output[-4000:])
     assert "EXPORT holds Horovod ops: False" in lines
   for name in ("averaged", "averaged_two_calls"):
-    weights = dict(re.findall(rf"WEIGHTS {name} (\d) (\S+)", outputs[0]))
+    weights = dict(re.findall(rf"WEIGHTS {name} (\d) (\S+)", output))
     assert weights.keys() == {"0", "1"} and weights["0"] == weights["1"], (name, weights)
 
 

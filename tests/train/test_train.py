@@ -15,6 +15,7 @@ import tf_keras
 
 from tfinvconv.train import callbacks as cb
 from tfinvconv.train import data
+from tfinvconv.train import exits
 from tfinvconv.train import trainer
 from tfinvconv.train.__main__ import parse
 
@@ -47,6 +48,7 @@ def test_presets_carry_published_hyperparameters():
   assert parse(["--preset", "cifar10", "--scale-lr"]).scale_lr is True
 
 
+@pytest.mark.slow  # a trainer process
 def test_digits_preset_end_to_end(tmp_path):
   result = _cli(TINY + ["--epochs", "4", "--run-dir", str(tmp_path / "run")])
   assert result.returncode == 0, result.stderr[-3000:]
@@ -70,6 +72,7 @@ def test_digits_preset_end_to_end(tmp_path):
   assert "samples:" in result.stdout and "metrics.json" in result.stdout
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_digits_at_another_image_size(tmp_path):
   config = _tiny_config(tmp_path, "run", image_size=16, num_levels=3, epochs=1)
   assert trainer.run(config) == 0
@@ -77,6 +80,7 @@ def test_digits_at_another_image_size(tmp_path):
   assert metrics["steps"] == 6 and np.isfinite(metrics["test_bits_per_dim"])
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_photo_patches_run_end_to_end(tmp_path):
   config = _tiny_config(tmp_path, "run", dataset=data.PHOTO_PATCHES, image_size=16, epochs=1,
                         steps_per_epoch=3, n_bins=0)
@@ -87,6 +91,7 @@ def test_photo_patches_run_end_to_end(tmp_path):
   assert np.isfinite(metrics["test_bits_per_dim"])
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_variational_dequantization_trains_saves_and_resumes(tmp_path):
   config = _tiny_config(tmp_path, "run", dequantization="variational", epochs=1,
                         steps_per_epoch=4)
@@ -104,6 +109,7 @@ def test_n_bits_alone_replaces_the_presets_n_bins():
   assert parse([]).n_bins == 17
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_local_image_folder(tmp_path):
   folder = tmp_path / "images"
   train, _ = data.digits_images()
@@ -123,6 +129,7 @@ def _weights(run_dir):
   return json.loads((run_dir / "ranks" / "rank0.json").read_text())
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch):
   assert trainer.run(_tiny_config(tmp_path, "straight")) == 0
 
@@ -150,22 +157,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
       a["weights_sum"], a["weights_sum_of_squares"])
 
 
-def test_sigterm_from_outside_saves_a_checkpoint(tmp_path):
-  run = tmp_path / "run"
-  process = subprocess.Popen(
-      [sys.executable, "-m", "tfinvconv.train", *TINY, "--epochs", "1000", "--run-dir", str(run),
-       "--checkpoint-every", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and not list((run / "samples").glob("epoch_0001*")):
-    time.sleep(0.5)  # wait until training is under way
-  process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=120)
-  assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
-  assert "checkpoint saved" in output
-  assert tf.train.latest_checkpoint(str(run / "checkpoints")) is not None
-
-
+@pytest.mark.slow  # the trainer end to end
 def test_nonfinite_guard_skips_and_then_stops(tmp_path, monkeypatch, capsys):
   real_pipeline = data.pipeline
 
@@ -178,7 +170,7 @@ def test_nonfinite_guard_skips_and_then_stops(tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(data, "pipeline", turns_nan_after_4_batches)
   config = _tiny_config(tmp_path, "run", max_nonfinite=3, checkpoint_every=1, epochs=5)
-  assert trainer.run(config) == trainer.EXIT_NONFINITE
+  assert trainer.run(config) == exits.EXIT_NONFINITE
   assert "consecutive steps had a non-finite loss" in capsys.readouterr().err
   latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
   reader = tf.train.load_checkpoint(latest)
@@ -191,7 +183,7 @@ def test_nonfinite_guard_skips_and_then_stops(tmp_path, monkeypatch, capsys):
 
 def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path):
   from tfinvconv.models import Glow  # pylint: disable=g-import-not-at-top
-  from tfinvconv.training import GuardedTraining  # pylint: disable=g-import-not-at-top
+  from tfinvconv.guarded_training import GuardedTraining  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   model = Glow((8, 8, 1), num_levels=2, depth=1, hidden_channels=8, mixer="1x1")
   guarded = GuardedTraining(model)
@@ -216,28 +208,42 @@ def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path):
   assert not all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
 
 
-def test_bad_configuration_is_a_one_line_error(tmp_path):
-  result = _cli(["--mixer", "lu"], timeout=120)
-  assert result.returncode == 2 and "invalid choice: 'lu'" in result.stderr
-  result = _cli(["--image-size", "12", "--num-levels", "3", "--run-dir", str(tmp_path / "r")],
-                timeout=120)
-  assert result.returncode == 2
-  assert "not divisible by 2**num_levels = 8" in result.stderr
-  assert "Traceback" not in result.stderr
+def _main(capsys, args, tmp_path):
+  """The command line's main() in this process, its run folder under tmp_path: its exit code
+  (argparse's errors exit with 2; bad values and data return 2 after one `error: ...` line) and
+  what it wrote to stderr. An exception other than those fails the test here (the traceback a
+  process would print)."""
+  from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  try:
+    code = main(args + ["--run-dir", str(tmp_path / "r")])
+  except SystemExit as exit_:
+    code = exit_.code
+  return code, capsys.readouterr().err
 
 
-def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
+def test_bad_configuration_is_a_one_line_error(tmp_path, capsys):
+  code, error = _main(capsys, ["--mixer", "lu"], tmp_path)
+  assert code == 2 and "invalid choice: 'lu'" in error
+  code, error = _main(capsys, ["--image-size", "12", "--num-levels", "3"], tmp_path)
+  assert code == 2
+  assert "not divisible by 2**num_levels = 8" in error
+  assert "Traceback" not in error
+
+
+def test_missing_tfds_dataset_says_how_to_get_it(tmp_path, capsys):
   start = time.time()
-  result = _cli(["--preset", "cifar10", "--data-dir", str(tmp_path / "tfds"), "--depth", "1"],
-                timeout=120)
+  code, error = _main(capsys, ["--preset", "cifar10", "--data-dir", str(tmp_path / "tfds"),
+                               "--depth", "1"], tmp_path)
   assert time.time() - start < 100  # no 200-second network retry
-  assert result.returncode == 2
-  assert "'cifar10' is not prepared" in result.stderr
-  assert "download_and_prepare" in result.stderr and "--data-dir" in result.stderr
-  result = _cli(["--preset", "celeba_hq", "--data-dir", str(tmp_path / "tfds")], timeout=120)
-  assert result.returncode == 2 and "manual download" in result.stderr
-  result = _cli(["--dataset", "folder:" + str(tmp_path / "nothing")], timeout=120)
-  assert result.returncode == 2 and "no such image folder" in result.stderr
+  assert code == 2
+  assert "'cifar10' is not prepared" in error
+  assert "download_and_prepare" in error and "--data-dir" in error
+  code, error = _main(capsys, ["--preset", "celeba_hq", "--data-dir", str(tmp_path / "tfds")],
+                      tmp_path)
+  assert code == 2 and "manual download" in error
+  code, error = _main(capsys, ["--dataset", "folder:" + str(tmp_path / "nothing")], tmp_path)
+  assert code == 2 and "no such image folder" in error
 
 
 def _tree(folder):
@@ -247,6 +253,7 @@ def _tree(folder):
           for d, _, files in os.walk(folder) for f in files}
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_a_used_run_folder_is_refused_untouched_unless_resume_or_overwrite(tmp_path, capsys):
   from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
   args = TINY + ["--run-dir", str(tmp_path / "run"), "--epochs", "2", "--steps-per-epoch", "3",
@@ -295,17 +302,18 @@ def test_bad_command_line_values_are_one_line_errors(tmp_path, capsys):
 def test_an_elastic_run_refuses_what_changes_with_its_workers():
   """Under Horovod elastic the number of workers changes mid-run: a learning rate scaled by it,
   or epochs counted in steps, would silently mean something else after a change."""
-  from tfinvconv.train import distributed, trainer  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import distributed  # pylint: disable=g-import-not-at-top
   elastic = types.SimpleNamespace(elastic=True)
   for flag, message in (("scale_lr", "--scale-lr multiplies by the number of workers"),
                         ("steps_per_epoch", "--steps-per-epoch: an elastic run's epochs")):
     config = parse([])
     setattr(config, flag, 8 if flag == "steps_per_epoch" else True)
     with pytest.raises(ValueError, match=message):
-      trainer._check_elastic(config, elastic)  # pylint: disable=protected-access
-    trainer._check_elastic(config, distributed.Engine())  # pylint: disable=protected-access
+      config.check_engine(elastic)
+    config.check_engine(distributed.Engine())
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_mixed_precision_flag_is_honoured(tmp_path, capsys):
   assert parse([]).mixed_precision == "none"
   with pytest.raises(SystemExit):
@@ -343,6 +351,7 @@ def test_large_seeds_are_valid():
   assert len(seeds) == 3 and all(0 <= s < 2 ** 32 for s in seeds)
 
 
+@pytest.mark.slow  # a trainer process
 def test_a_second_signal_exits_at_once():
   script = ("import os, signal, time\n"
             "from tfinvconv.train import callbacks\n"
@@ -365,6 +374,7 @@ def test_a_second_signal_exits_at_once():
 
 # Every real preset, end to end through the TFDS code path (decode, resize, shard, batch),
 # offline: tfds.testing.mock_data stands in for the files with images of the right features.
+@pytest.mark.slow  # the trainer end to end
 @pytest.mark.parametrize("preset", ["cifar10", "imagenet32", "imagenet64", "celeba_hq"])
 def test_real_presets_run_under_tfds_mock_data(preset, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -421,6 +431,7 @@ def test_folder_split_holds_out_every_class(tmp_path):
   assert len(test) == 4 and len(train) == 36 and not set(test) & set(train)
 
 
+@pytest.mark.slow  # the trainer end to end
 def test_resume_falls_back_from_a_damaged_checkpoint(tmp_path, capsys):
   from tfinvconv.train.__main__ import main  # pylint: disable=g-import-not-at-top
   args = TINY + ["--run-dir", str(tmp_path / "run"), "--steps-per-epoch", "3",

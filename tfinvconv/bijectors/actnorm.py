@@ -2,12 +2,12 @@
 
 import tensorflow as tf
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 
 _EPSILON = 1e-6
 
 
-class ActNorm(_image.ImageBijector):
+class ActNorm(image_bijector.ImageBijector):
   """Glow's per-channel affine normalisation (Kingma & Dhariwal, 2018).
 
   In the data -> latent direction (`inverse`):
@@ -91,10 +91,10 @@ class ActNorm(_image.ImageBijector):
   def _inverse_log_det_jacobian(self, x):
     x = self._checked(x, "input")
     with tf.control_dependencies(self._maybe_initialize(x)):
-      return (_image.num_pixels(x, self.dtype) * tf.reduce_sum(self.log_scale) *
-              _image.batch_ones(x, self.dtype))
+      return (image_bijector.num_pixels(x, self.dtype) * tf.reduce_sum(self.log_scale) *
+              image_bijector.batch_ones(x, self.dtype))
 
   def _forward_log_det_jacobian(self, y):
     y = self._checked(y, "input")
-    return -(_image.num_pixels(y, self.dtype) * tf.reduce_sum(self.log_scale) *
-             _image.batch_ones(y, self.dtype))
+    return -(image_bijector.num_pixels(y, self.dtype) * tf.reduce_sum(self.log_scale) *
+             image_bijector.batch_ones(y, self.dtype))

@@ -5,7 +5,7 @@ import warnings
 import tensorflow as tf
 import tf_keras
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 
 
 def network_policy(dtype):
@@ -26,7 +26,7 @@ def network_policy(dtype):
   return dtype.name
 
 
-class AffineCoupling(_image.ImageBijector):
+class AffineCoupling(image_bijector.ImageBijector):
   """Glow's coupling layer (Kingma & Dhariwal, 2018; Dinh et al., 2017).
 
   The channels split into x_a (the first C // 2) and x_b (the rest). A network reads x_a:
@@ -57,7 +57,7 @@ class AffineCoupling(_image.ImageBijector):
   def __init__(self, num_channels, hidden_channels=512, additive=False, dtype=tf.float32,
                validate_args=False, name="affine_coupling"):
     parameters = dict(locals())
-    _image.check_int(hidden_channels, "hidden_channels")
+    image_bijector.check_int(hidden_channels, "hidden_channels")
     with tf.name_scope(name) as name:
       super().__init__(num_channels, dtype, validate_args, name, parameters, min_channels=2)
       self._additive = bool(additive)
@@ -87,7 +87,7 @@ class AffineCoupling(_image.ImageBijector):
 
   def _shift_and_log_scale(self, kept):
     # Back to the flow's dtype before anything enters the map or the log-det.
-    h = tf.cast(_image.as_batch_of_images(self.network, kept), self.dtype)
+    h = tf.cast(image_bijector.as_batch_of_images(self.network, kept), self.dtype)
     if self._additive:
       return h, None
     # log(sigmoid(u)) = -softplus(-u), stable for large |u|.

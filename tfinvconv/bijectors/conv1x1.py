@@ -4,10 +4,10 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 
 
-class Conv1x1(_image.ImageBijector):
+class Conv1x1(image_bijector.ImageBijector):
   """Glow's invertible 1x1 convolution (Kingma & Dhariwal, 2018).
 
   In the data -> latent direction (`inverse`) every pixel's channel vector is multiplied by a
@@ -76,7 +76,7 @@ class Conv1x1(_image.ImageBijector):
 
   def _inverse_log_det_jacobian(self, x):
     x = self._checked(x, "input")
-    return _image.num_pixels(x, self.dtype) * self._log_abs_det() * _image.batch_ones(
+    return image_bijector.num_pixels(x, self.dtype) * self._log_abs_det() * image_bijector.batch_ones(
         x, self.dtype)
 
   def _forward_log_det_jacobian(self, y):

@@ -2,12 +2,12 @@
 
 import tensorflow as tf
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 from tfinvconv.bijectors.conv1x1 import Conv1x1
 from tfinvconv.bijectors.invertible_shift import InvertibleShift
 
 
-class ConvNxN(_image.ImageBijector):
+class ConvNxN(image_bijector.ImageBijector):
   """Invertible n x n convolution = invertible shift function, then Glow's 1x1 convolution.
 
   Truong et al. rewrite a standard convolution as a sum of 1x1 convolutions of spatially shifted

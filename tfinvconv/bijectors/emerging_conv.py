@@ -2,11 +2,11 @@
 
 import tensorflow as tf
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 from tfinvconv.bijectors.inverse_conv import InverseConv
 
 
-class EmergingConv(_image.ImageBijector):
+class EmergingConv(image_bijector.ImageBijector):
   """Emerging convolution (Hoogeboom, van den Berg & Welling, 2019).
 
   Two masked causal convolutions pointing to opposite corners (top-left, then bottom-right),
@@ -24,7 +24,7 @@ class EmergingConv(_image.ImageBijector):
   def __init__(self, num_channels, kernel_size=3, implementation="auto", dtype=tf.float32,
                validate_args=False, name="emerging_conv"):
     parameters = dict(locals())
-    _image.check_int(kernel_size, "kernel_size")
+    image_bijector.check_int(kernel_size, "kernel_size")
     if kernel_size % 2 == 0:
       raise ValueError(f"kernel_size must be odd and positive (a centred receptive field), "
                        f"got {kernel_size}")

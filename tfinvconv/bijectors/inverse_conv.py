@@ -3,11 +3,11 @@
 import tensorflow as tf
 
 from tfinvconv import ops
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 from tfinvconv.ops import causal_conv
 
 
-class InverseConv(_image.ImageBijector):
+class InverseConv(image_bijector.ImageBijector):
   """Inverse-Flow's invertible convolution (Nagar & Varma): a masked causal k x k convolution.
 
   `forward` (latent -> data, sampling) is the convolution itself, fast:
@@ -36,7 +36,7 @@ class InverseConv(_image.ImageBijector):
                implementation="auto", dtype=tf.float32, validate_args=False,
                name="inverse_conv"):
     parameters = dict(locals())
-    _image.check_int(kernel_size, "kernel_size", 1, causal_conv.MAX_KERNEL_SIZE)
+    image_bijector.check_int(kernel_size, "kernel_size", 1, causal_conv.MAX_KERNEL_SIZE)
     if corner not in ops.CORNERS:
       raise ValueError(f"unknown corner {corner!r}; expected one of {', '.join(ops.CORNERS)}")
     if implementation not in ops.IMPLEMENTATIONS:
@@ -92,20 +92,20 @@ class InverseConv(_image.ImageBijector):
   def _forward(self, z):
     z = self._checked(z, "input")
     kernel = self.kernel()
-    return _image.as_batch_of_images(lambda t: ops.causal_conv2d(t, kernel, self._corner), z)
+    return image_bijector.as_batch_of_images(lambda t: ops.causal_conv2d(t, kernel, self._corner), z)
 
   def _inverse(self, x):
     x = self._checked(x, "input")
     kernel = self.kernel()
-    return _image.as_batch_of_images(
+    return image_bijector.as_batch_of_images(
         lambda t: ops.inverse_causal_conv2d(t, kernel, self._corner, self._implementation), x)
 
   def _forward_log_det_jacobian(self, z):
     z = self._checked(z, "input")
     if not self._learn_diagonal:
       return tf.zeros(tf.shape(z)[:-3], self.dtype)
-    return (_image.num_pixels(z, self.dtype) * tf.reduce_sum(self.log_diagonal) *
-            _image.batch_ones(z, self.dtype))
+    return (image_bijector.num_pixels(z, self.dtype) * tf.reduce_sum(self.log_diagonal) *
+            image_bijector.batch_ones(z, self.dtype))
 
   def _inverse_log_det_jacobian(self, x):
     return -self._forward_log_det_jacobian(x)

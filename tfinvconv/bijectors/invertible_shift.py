@@ -2,10 +2,10 @@
 
 import tensorflow as tf
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 
 
-class InvertibleShift(_image.ImageBijector):
+class InvertibleShift(image_bijector.ImageBijector):
   """Per-channel affine map: the invertible shift function of Truong et al. (2023), §4.1.
 
   In the data -> latent direction (`inverse`, used for density evaluation):
@@ -45,8 +45,8 @@ class InvertibleShift(_image.ImageBijector):
 
   def _inverse_log_det_jacobian(self, x):
     x = self._checked(x, "input")
-    per_image = _image.num_pixels(x, self.dtype) * tf.reduce_sum(self.log_scale)
-    return per_image * _image.batch_ones(x, self.dtype)
+    per_image = image_bijector.num_pixels(x, self.dtype) * tf.reduce_sum(self.log_scale)
+    return per_image * image_bijector.batch_ones(x, self.dtype)
 
   def _forward_log_det_jacobian(self, y):
     return -self._inverse_log_det_jacobian(y)

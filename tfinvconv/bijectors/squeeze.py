@@ -3,7 +3,7 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
 
 
 class Squeeze(tfp.bijectors.Bijector):
@@ -16,7 +16,7 @@ class Squeeze(tfp.bijectors.Bijector):
 
   def __init__(self, factor=2, validate_args=False, name="squeeze"):
     parameters = dict(locals())
-    self._factor = _image.check_int(factor, "factor")
+    self._factor = image_bijector.check_int(factor, "factor")
     with tf.name_scope(name) as name:
       super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
                        is_constant_jacobian=True, validate_args=validate_args,
@@ -49,7 +49,7 @@ class Squeeze(tfp.bijectors.Bijector):
 
   def _inverse(self, x):
     x = self._check_divisible(x)
-    return _image.as_batch_of_images(lambda t: tf.nn.space_to_depth(t, self._factor), x)
+    return image_bijector.as_batch_of_images(lambda t: tf.nn.space_to_depth(t, self._factor), x)
 
   def _forward(self, y):
     y = tf.convert_to_tensor(y)
@@ -57,7 +57,7 @@ class Squeeze(tfp.bijectors.Bijector):
     if channels is not None and channels % (self._factor ** 2):
       raise ValueError(f"Squeeze(factor={self._factor}).forward needs channels divisible by "
                        f"{self._factor ** 2}, got {channels}")
-    return _image.as_batch_of_images(lambda t: tf.nn.depth_to_space(t, self._factor), y)
+    return image_bijector.as_batch_of_images(lambda t: tf.nn.depth_to_space(t, self._factor), y)
 
   def _forward_log_det_jacobian(self, y):
     return tf.zeros(tf.shape(y)[:-3], y.dtype)

@@ -14,7 +14,7 @@ stateless: the same seed gives the same numbers in every process.
 import tensorflow as tf
 
 from tfinvconv.models import glow
-from tfinvconv.models import workers
+from tfinvconv.models import horovod_agreement
 
 
 def _sample(model, n, temperature, seed):
@@ -44,7 +44,7 @@ def export_saved_model(model, directory):
       lambda n, temperature, seed: _sample(model, n, temperature, seed),
       input_signature=[tf.TensorSpec([], tf.int32, name="n"),
                        tf.TensorSpec([], model.dtype, name="temperature"), seed])
-  with workers.unchecked():  # traced here: no Horovod op in the saved gradients
+  with horovod_agreement.unchecked():  # traced here: no Horovod op in the saved gradients
     tf.saved_model.save(module, directory, signatures={
         "log_prob": module.log_prob, "bits_per_dim": module.bits_per_dim,
         "sample": module.sample})

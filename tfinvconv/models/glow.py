@@ -8,9 +8,9 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfinvconv import bijectors as tib
-from tfinvconv.bijectors import _image
+from tfinvconv.bijectors import image_bijector
+from tfinvconv.models import horovod_agreement
 from tfinvconv.models import priors
-from tfinvconv.models import workers
 from tfinvconv.models.dequantization import VariationalDequantizer
 
 _LossScaleOptimizer = tf_keras.mixed_precision.LossScaleOptimizer
@@ -128,6 +128,38 @@ def _is_legacy_store(store, expected):
   return all(value.shape == () and value.dtype == "int64" for value in extra)
 
 
+def _checked_arguments(image_shape, num_levels, depth, hidden_channels, mixer, kernel_size,
+                       coupling, n_bits, n_bins, dequantization):
+  """Glow's arguments checked before anything is built: the image shape as ints and the number
+  of bins, or a ValueError naming the first argument no Glow can take."""
+  if len(image_shape) != 3:
+    raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
+  height, width, channels = (int(v) for v in image_shape)
+  image_bijector.check_int(num_levels, "num_levels")
+  image_bijector.check_int(depth, "depth")
+  image_bijector.check_int(hidden_channels, "hidden_channels")
+  image_bijector.check_int(channels, "the number of image channels")
+  if mixer not in MIXERS:
+    raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
+  if coupling not in COUPLINGS:
+    raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
+  n_bins = check_bins(n_bits, n_bins)
+  if dequantization not in DEQUANTIZATIONS:
+    raise ValueError(f"unknown dequantization {dequantization!r}; choose one of "
+                     f"{', '.join(DEQUANTIZATIONS)}")
+  if mixer == "emerging" and kernel_size % 2 == 0:
+    raise ValueError(f"mixer='emerging' needs an odd kernel_size (a centred receptive field), "
+                     f"got {kernel_size}")
+  scale = 2 ** num_levels
+  for size, what in ((height, "height"), (width, "width")):
+    if size % scale:
+      fits = max(level for level in range(num_levels + 1) if size % 2 ** level == 0)
+      raise ValueError(
+          f"image {what} {size} is not divisible by 2**num_levels = {scale}: use "
+          f"num_levels <= {fits} or pad/crop the images to a multiple of {scale}")
+  return (height, width, channels), n_bins
+
+
 @tf_keras.saving.register_keras_serializable(package="tfinvconv")
 class Glow(tf_keras.Model):
   """Glow-style multi-scale flow (Kingma & Dhariwal, 2018), trainable with `model.fit`.
@@ -163,8 +195,9 @@ class Glow(tf_keras.Model):
   gradient API, so Horovod's `DistributedOptimizer` and tf.distribute hook in as their guides
   say (docs/multi_gpu.md); under Horovod it refuses gradients that differ between workers, and
   any gradient through its log-density, in any loop, refuses weights that differ between them
-  (`tfinvconv.models.workers`).
-  Non-finite skips and step counters for exact resume are `tfinvconv.training.GuardedTraining`.
+  (`tfinvconv.models.horovod_agreement`).
+  Non-finite skips and step counters for exact resume are
+  `tfinvconv.guarded_training.GuardedTraining`.
   Images must have the model's `image_shape`; every entry point refuses other sizes.
 
   Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
@@ -177,61 +210,50 @@ class Glow(tf_keras.Model):
                mixer="inverse_conv", kernel_size=3, coupling="affine", learn_top=True,
                n_bits=8, dtype=tf.float32, implementation="auto", seed=0, name="glow",
                n_bins=None, dequantization="uniform"):
-    dtype = _image.check_dtype(dtype)
+    dtype = image_bijector.check_dtype(dtype)
     super().__init__(name=name, dtype=dtype.name)
-    if len(image_shape) != 3:
-      raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
-    height, width, channels = (int(v) for v in image_shape)
-    _image.check_int(num_levels, "num_levels")
-    _image.check_int(depth, "depth")
-    _image.check_int(hidden_channels, "hidden_channels")
-    _image.check_int(channels, "the number of image channels")
-    if mixer not in MIXERS:
-      raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)}")
-    if coupling not in COUPLINGS:
-      raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
-    n_bins = check_bins(n_bits, n_bins)
-    if dequantization not in DEQUANTIZATIONS:
-      raise ValueError(f"unknown dequantization {dequantization!r}; choose one of "
-                       f"{', '.join(DEQUANTIZATIONS)}")
-    if mixer == "emerging" and kernel_size % 2 == 0:
-      raise ValueError(f"mixer='emerging' needs an odd kernel_size (a centred receptive field), "
-                       f"got {kernel_size}")
-    scale = 2 ** num_levels
-    for size, what in ((height, "height"), (width, "width")):
-      if size % scale:
-        fits = max(level for level in range(num_levels + 1) if size % 2 ** level == 0)
-        raise ValueError(
-            f"image {what} {size} is not divisible by 2**num_levels = {scale}: use "
-            f"num_levels <= {fits} or pad/crop the images to a multiple of {scale}")
-
-    self._config = dict(image_shape=(height, width, channels), num_levels=num_levels,
+    image_shape, n_bins = _checked_arguments(image_shape, num_levels, depth, hidden_channels,
+                                             mixer, kernel_size, coupling, n_bits, n_bins,
+                                             dequantization)
+    self._config = dict(image_shape=image_shape, num_levels=num_levels,
                         depth=depth, hidden_channels=hidden_channels, mixer=mixer,
                         kernel_size=kernel_size, coupling=coupling, learn_top=learn_top,
                         n_bits=n_bits, dtype=dtype.name, implementation=implementation,
                         seed=seed, name=name, n_bins=n_bins, dequantization=dequantization)
-    self.image_shape = (height, width, channels)
+    self.image_shape = image_shape
     self.num_levels, self.depth = num_levels, depth
     self.n_bins = n_bins
-    self.mixer, self.coupling_kind, self.kernel_size = mixer, coupling, kernel_size
+    self.mixer, self.coupling, self.kernel_size = mixer, coupling, kernel_size
     self.implementation = implementation
     self._flow_dtype = dtype
+    self._build_flow(hidden_channels, learn_top, seed, dequantization)
+    self.num_dims = int(np.prod(image_shape))
+    self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
+    self.noise_seed = seed
+    # train/test_step report synchronised metrics: take one replica's, not Keras' sum.
+    self.distribute_reduction_method = "first"
+    self.built = True  # every weight exists already (count_params, save_weights before fit)
 
+  def _build_flow(self, hidden_channels, learn_top, seed, dequantization):
+    """The levels (squeeze, `depth` steps of ActNorm, mixer and coupling, a split prior), the top
+    prior, and the variational dequantiser if asked for."""
+    dtype, (height, width, channels) = self._flow_dtype, self.image_shape
     self.squeezes, self.steps, self.split_priors, self.latent_shapes = [], [], [], []
     h, w, c = height, width, channels
     layer_seed = seed
-    for level in range(num_levels):
+    for level in range(self.num_levels):
       h, w, c = h // 2, w // 2, c * 4
       self.squeezes.append(tib.Squeeze(2))
       level_steps = []
-      for _ in range(depth):
+      for _ in range(self.depth):
         level_steps.append(tib.ActNorm(c, dtype=dtype))
-        level_steps.extend(make_mixer(mixer, c, kernel_size, implementation, dtype, layer_seed))
-        level_steps.append(tib.AffineCoupling(c, hidden_channels, additive=coupling == "additive",
-                                              dtype=dtype))
+        level_steps.extend(make_mixer(self.mixer, c, self.kernel_size, self.implementation,
+                                      dtype, layer_seed))
+        level_steps.append(tib.AffineCoupling(c, hidden_channels,
+                                              additive=self.coupling == "additive", dtype=dtype))
         layer_seed += 1
       self.steps.append(level_steps)
-      if level < num_levels - 1:
+      if level < self.num_levels - 1:
         kept = c // 2
         self.split_priors.append(priors.SplitPrior(kept, c - kept, dtype=dtype.name))
         self.latent_shapes.append((h, w, c - kept))
@@ -242,12 +264,6 @@ class Glow(tf_keras.Model):
       self.dequantizer = VariationalDequantizer(channels, dtype=dtype.name)
       self.dequantizer.build((None, height, width, channels))
     self.latent_shapes.append((h, w, c))
-    self.num_dims = height * width * channels
-    self._loss_tracker = tf_keras.metrics.Mean(name="bits_per_dim")
-    self.noise_seed = seed
-    # train/test_step report synchronised metrics: take one replica's, not Keras' sum.
-    self.distribute_reduction_method = "first"
-    self.built = True  # every weight exists already (count_params, save_weights before fit)
 
   # ---- the flow ----------------------------------------------------------------------------
 
@@ -295,7 +311,7 @@ class Glow(tf_keras.Model):
       for layer in self.steps[level]:
         if initialize and isinstance(layer, tib.ActNorm):
           layer.initialize(z)
-        z, log_det = _image.inverse_and_log_det(layer, z)
+        z, log_det = image_bijector.inverse_and_log_det(layer, z)
         total += log_det
       if level < self.num_levels - 1:
         kept = z.shape[-1] // 2
@@ -306,7 +322,7 @@ class Glow(tf_keras.Model):
     mean, log_scale = self.top_prior(z)
     total += priors.gaussian_log_prob(z, mean, log_scale)
     latents.append((z - mean) * tf.exp(-log_scale))
-    return latents, workers.check_weights_on_gradient(total, self)
+    return latents, horovod_agreement.check_weights_on_gradient(total, self)
 
   def log_prob(self, x):
     """Log density of continuous scaled data x ([B, H, W, C] in about [-0.5, 0.5])."""
@@ -523,12 +539,12 @@ class Glow(tf_keras.Model):
     work as their guides say: Horovod's `DistributedOptimizer` averages there and
     `LossScaleOptimizer` scales there. Under tf.distribute the optimizer sums the replicas'
     gradients, so each replica's loss is divided by their number. Under Horovod the gradients
-    fail, naming the fix, when they differ between workers (`workers.check_gradients_agree`)."""
+    fail, naming the fix, when they differ between workers (`horovod_agreement.check_gradients_agree`)."""
     with tf.GradientTape() as tape:
       per_image = self.bits_per_dim(images, seed=self.training_seed(step))
       loss = tf.reduce_mean(per_image) / replicas_in_sync()
     grads_and_vars = compute_gradients(self.optimizer, loss, self.trainable_variables, tape)
-    with tf.control_dependencies([workers.check_gradients_agree(g for g, _ in grads_and_vars)]):
+    with tf.control_dependencies([horovod_agreement.check_gradients_agree(g for g, _ in grads_and_vars)]):
       return per_image, [(None if g is None else tf.identity(g), v) for g, v in grads_and_vars]
 
   def train_step(self, data):

@@ -7,9 +7,7 @@ flag. Distributed: `horovodrun -np N tfinvconv-train ...` (Horovod), or `--strat
 
 import argparse
 import dataclasses
-import json
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,18 +52,9 @@ HELP = {
 }
 
 
-CHOICES = {
-    "mixer": ("1x1", "nxn", "inverse_conv", "finc", "emerging"),
-    "coupling": ("affine", "additive"),
-    "dequantization": ("uniform", "variational"),
-    "strategy": ("", "mirrored", "multiworker"),
-    "implementation": ("auto", "custom_op", "tf"),
-    "mixed_precision": ("none", "bfloat16", "float16"),
-}
-
-
 def parse(argv):
-  from tfinvconv.train.trainer import Config  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.config import CHOICES  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train.config import Config  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="tfinvconv-train", description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default=None, choices=sorted(presets.PRESETS),
                       help="default: the preset made for --dataset (digits without one; "
@@ -98,98 +87,24 @@ def parse(argv):
 def main(argv=None):
   config = parse(sys.argv[1:] if argv is None else argv)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import cluster  # pylint: disable=g-import-not-at-top
   from tfinvconv.train import distributed  # pylint: disable=g-import-not-at-top
+  from tfinvconv.train import exits  # pylint: disable=g-import-not-at-top
   from tfinvconv.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     return trainer.run(config)  # validates the configuration first
   except ValueError as error:  # bad data or configuration (MissingDatasetError too): say what
     print(f"error: {error}", file=sys.stderr)
-    return 2
+    return exits.EXIT_USAGE
   except (tf.errors.UnavailableError, tf.errors.AbortedError,
           tf.errors.DeadlineExceededError) as error:  # a peer died (tf.distribute)
-    _leave_lost(lost_contact_message(error, config.folder()), trainer.EXIT_LOST_WORKER)
+    message = cluster.lost_contact_message(error, config.folder())
   except tf.errors.OpError as error:
     if not distributed.horovod_lost_peer(error):
       raise
-    _leave_lost(horovod_lost_message(config.folder()), trainer.EXIT_LOST_WORKER)
-
-
-def _leave_lost(message, status):
-  """Says `message` and exits at once: the collectives are broken now, and interpreter
-  teardown can hang or print noise."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(status)  # pylint: disable=protected-access
-
-
-def horovod_lost_message(run_folder):
-  return ("Horovod shut down mid-run: another rank ended or this one can no longer reach it "
-          "(Gloo gives up after HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default; horovodrun names "
-          "the rank that ended). The last checkpoint, on the disk of rank 0, which writes it, is "
-          f"intact ({os.path.join(run_folder, 'checkpoints')} there): restart every rank with "
-          "--resume")
-
-
-def lost_contact_message(error, run_folder, tf_config=None):
-  """What a worker says when a collective or the coordination service fails: which task was
-  lost, where the last checkpoint is, and to restart every worker with --resume."""
-  task = _cluster_task(tf_config)
-  lost = _lost_task(str(error))
-  others = [t for t in _cluster_tasks(tf_config) if t != task]
-  if task is not None and (lost == task or not isinstance(lost, tuple)):
-    # TF's text names this task when it lost the coordination leader, or no task at all.
-    lost = others[0] if len(others) == 1 else _leader(tf_config) if lost == task else lost
-  if task is None or task == _leader(tf_config):
-    where = f"in {os.path.join(run_folder, 'checkpoints')}"
-  else:  # only the leader writes checkpoints: on another host they are not on this disk
-    where = f"on the disk of {_describe(_leader(tf_config))}, which writes them,"
-  return (f"lost contact with {_describe(lost) if isinstance(lost, tuple) else lost}; the last "
-          f"checkpoint {where} is intact: restart every worker with --resume")
-
-
-def _tf_config(tf_config=None):
-  """TF_CONFIG (or the text given) as a dict; {} outside a TF_CONFIG cluster."""
-  try:
-    config = json.loads(tf_config if tf_config is not None else os.environ.get("TF_CONFIG", ""))
-  except ValueError:
-    return {}
-  return config if isinstance(config, dict) else {}
-
-
-def _cluster_task(tf_config=None):
-  """(job, index) of this process, or None outside a TF_CONFIG cluster."""
-  task = _tf_config(tf_config).get("task", {})
-  try:
-    return task["type"], int(task["index"])
-  except (KeyError, TypeError, ValueError):
-    return None
-
-
-def _cluster_tasks(tf_config=None):
-  """Every (job, index) of the TF_CONFIG cluster (chief and workers), or []."""
-  cluster = _tf_config(tf_config).get("cluster", {})
-  return [(job, i) for job in ("chief", "worker") for i in range(len(cluster.get(job, [])))]
-
-
-def _leader(tf_config=None):
-  """The task that runs TF's coordination service (and writes checkpoints): the chief if the
-  cluster has one, else worker 0."""
-  return ("chief", 0) if ("chief", 0) in _cluster_tasks(tf_config) else ("worker", 0)
-
-
-def _describe(task):
-  return f"{task[0]} {task[1]} (/job:{task[0]}/replica:0/task:{task[1]})"
-
-
-def _lost_task(text):
-  """(job, index) of the task TF's error text lists as unhealthy (or the first it names), or
-  what the error says."""
-  unhealthy = text.find("unhealthy")
-  task = r"/job:(\w+)/replica:\d+/task:(\d+)"
-  match = (re.search(task, text[unhealthy:]) if unhealthy >= 0 else None) or re.search(task, text)
-  if match:
-    return match.group(1), int(match.group(2))
-  return "another worker (" + (text.strip().splitlines() or ["no details"])[0][:200] + ")"
+    message = distributed.horovod_lost_message(config.folder())
+  # The collectives are broken now: interpreter teardown could hang or print noise.
+  exits.exit_now(f"error: {message}", exits.EXIT_LOST_WORKER)
 
 
 if __name__ == "__main__":

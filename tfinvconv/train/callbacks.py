@@ -1,15 +1,17 @@
 """tf_keras callbacks of the training system: metric averaging, run control (checkpoints,
 SIGTERM/SIGINT), the stop after repeated non-finite steps, progress, TensorBoard and sample
-grids. The model they see is a `tfinvconv.training.GuardedTraining` (its `flow` is the Glow)."""
+grids. The model they see is a `tfinvconv.guarded_training.GuardedTraining` (its `flow` is the
+Glow)."""
 
 import os
 import signal
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
+
+from tfinvconv.train import exits
 
 TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 
@@ -51,8 +53,8 @@ class SignalFlag:
 
   def _record(self, signum, frame):  # pylint: disable=unused-argument
     if self.signum is not None:
-      _exit_for_signal(signum, f"second signal ({signal.Signals(signum).name}): exiting now "
-                       "without saving; the last checkpoint is intact")
+      exits.exit_now(f"second signal ({signal.Signals(signum).name}): exiting now without "
+                     "saving; the last checkpoint is intact", 128 + signum, flush_stdout=False)
     self.signum = signum
 
   def __exit__(self, *exc):
@@ -61,17 +63,9 @@ class SignalFlag:
     self._previous.clear()
 
 
-def _exit_for_signal(signum, message):
-  """Says `message` on stderr and exits at once with 128 + `signum` (no interpreter teardown:
-  also safe inside a signal handler)."""
-  sys.stderr.write(message + "\n")
-  sys.stderr.flush()
-  os._exit(128 + signum)  # pylint: disable=protected-access
-
-
-def step_of(trainee):
-  """Steps taken by a `tfinvconv.training.GuardedTraining`."""
-  return int(trainee.counters.step_counter.numpy())
+def step_of(guarded):
+  """Steps taken by a `tfinvconv.guarded_training.GuardedTraining`."""
+  return int(guarded.counters.step_counter.numpy())
 
 
 class RunControl(tf_keras.callbacks.Callback):
@@ -104,9 +98,9 @@ class RunControl(tf_keras.callbacks.Callback):
       return self.engine.any(signalled)
     count = self.engine.count(signalled)
     if signalled and count < self.engine.size:
-      sys.stdout.flush()
-      _exit_for_signal(self.signals.signum, f"{signal.Signals(self.signals.signum).name}: this "
-                       "worker leaves the elastic job; the others go on from their last commit")
+      signum = self.signals.signum
+      exits.exit_now(f"{signal.Signals(signum).name}: this worker leaves the elastic job; the "
+                     "others go on from their last commit", 128 + signum)
     return count == self.engine.size
 
 
@@ -244,3 +238,32 @@ class Report(tf_keras.callbacks.Callback):
       tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(learning_rate)), step=step)
     self.samples(f"epoch_{epoch + 1:04d}")
     self.writer.flush()
+
+
+def extend_history(history, result):
+  """Appends a `fit` call's History to the run's `history` dict of lists."""
+  for key, values in result.history.items():
+    history.setdefault(key, []).extend(values)
+
+
+class RunCallbacks:
+  """The callbacks of a run's `fit`, in order: metric averaging first (every later one sees
+  global numbers), then the non-finite guard, checkpoints and signals, progress, and the chief's
+  report (TensorBoard and samples)."""
+
+  def __init__(self, run):
+    config, engine, plan = run.config, run.engine, run.data
+    self.control = RunControl(engine, run.checkpoints.save, config.checkpoint_every, run.signals)
+    self.guard = NonFiniteStop(config.max_nonfinite)
+    self.progress = Progress(plan.steps_per_epoch, config.epochs, plan.global_batch,
+                             show=engine.is_chief and config.verbose)
+    self.report = (Report(run.run_dir, config.num_samples, seed=config.seed) if engine.is_chief
+                   else None)
+    self.all = [AverageMetrics(engine), self.guard, self.control, self.progress]
+    self.elastic_stats = None  # an elastic run's resets and steps re-done
+    if self.report:
+      self.all.append(self.report)
+
+  @property
+  def stopped(self):
+    return bool(self.control.interrupted or self.guard.failure)

@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfinvconv.train import distributed
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DIGITS_TRAIN = 1500  # of scikit-learn's 1,797 digits; the rest is the test split
 SHUFFLE_BUFFER = 10_000  # records; every training stream shuffles through one of this size
@@ -252,3 +254,55 @@ def epoch_pipeline(source, batch_size, num_shards, shard_index, seed, epoch, pos
   records = records.batch(batch_size).shard(num_shards, shard_index).unbatch()  # before decoding
   images = records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
   return images.prefetch(tf.data.AUTOTUNE), steps
+
+
+class RunData:
+  """A run's data as this worker sees it: both splits, its shard, the batch sizes and the step
+  plan."""
+
+  def __init__(self, config, engine):
+    self.config, self.engine = config, engine
+    self.channels = image_channels(config.dataset)
+    load = lambda split: load_split(config.dataset, split, config.image_size, self.channels,
+                                    config.data_dir or None)
+    self.train_images, self.test_images = load("train"), load("test")
+    self.input_batch = engine.input_batch(config.batch_size)
+    self.reshard()
+    self.steps_per_epoch = config.steps_per_epoch or max(
+        1, self.train_images.count() // self.global_batch)
+    self.total_steps = config.epochs * self.steps_per_epoch
+
+  def reshard(self):
+    """This worker's shard and seed for the engine's rank and size (again after an elastic
+    membership change)."""
+    engine = self.engine
+    self.num_shards, self.shard_index = engine.shard()
+    self.global_batch = self.config.batch_size * engine.replicas
+    # Data order: Horovod shards first, then each rank shuffles its shard with its own seed;
+    # tf.distribute shards batches afterwards (DATA policy): the same order everywhere.
+    self.seed = (self.config.seed if engine.shared_init_batch
+                 else distributed.seed_for(engine, self.config.seed))
+    self.test_data = engine.distribute(pipeline(
+        self.test_images, self.input_batch, self.num_shards, self.shard_index, training=False))
+
+  def training_data(self, skip):
+    """The training stream after `skip` steps' batches."""
+    return self.engine.distribute(pipeline(
+        self.train_images, self.input_batch, self.num_shards, self.shard_index, training=True,
+        seed=self.seed, skip_batches=skip))
+
+  def epoch_data(self, position):
+    """Elastic runs: this worker's batches for the rest of the epoch at `position`, and their
+    number (every worker reads one shuffle of the epoch, in global steps)."""
+    return epoch_pipeline(self.train_images, self.config.batch_size, self.num_shards,
+                          self.shard_index, self.config.seed, int(position.epoch.numpy()),
+                          int(position.images.numpy()))
+
+  def init_batch(self):
+    """ActNorm's first batch. Horovod: each worker its own (rank 0's values are broadcast);
+    tf.distribute: the same batch everywhere (the unsharded stream)."""
+    shared = self.engine.shared_init_batch or self.num_shards == 1
+    stream = pipeline(self.train_images, self.config.batch_size, training=True,
+                      seed=self.config.seed, num_shards=1 if shared else self.num_shards,
+                      shard_index=0 if shared else self.shard_index)
+    return next(iter(stream))

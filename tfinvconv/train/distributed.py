@@ -6,14 +6,13 @@ initialisation, how metrics are averaged, and how the input is sharded.
 """
 
 import contextlib
-import json
 import os
 import pickle
-import socket
-import time
 
 import numpy as np
 import tensorflow as tf
+
+from tfinvconv.train import cluster
 
 
 class Engine:
@@ -198,17 +197,16 @@ class MultiWorkerEngine(StrategyEngine):
   name = "multiworker"
 
   def __init__(self, connect_timeout=300):
-    if "TF_CONFIG" not in os.environ:
-      raise RuntimeError("--strategy multiworker needs TF_CONFIG describing the cluster "
-                         "(see README: two workers on 127.0.0.1 ports)")
-    config = json.loads(os.environ["TF_CONFIG"])
-    _wait_for_hosts(config, connect_timeout)
+    config = cluster.tf_config()
+    if not cluster.tasks(config) or cluster.own_task(config) is None:
+      raise ValueError("--strategy multiworker needs TF_CONFIG, a JSON object naming the "
+                       "cluster's workers and this process's task (README: two workers on "
+                       "127.0.0.1 ports)")
+    cluster.wait_for_hosts(config, connect_timeout)
     # Blocks until every worker has joined TF's coordination service.
     super().__init__(tf.distribute.MultiWorkerMirroredStrategy())
-    task, cluster = config.get("task", {}), config.get("cluster", {})
-    self.size = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-    self.rank = task.get("index", 0) + (1 if task.get("type") == "worker" and
-                                        "chief" in cluster else 0)
+    self.size = len(cluster.tasks(config))
+    self.rank = cluster.rank(config)
 
   @property
   def saves_on_every_worker(self):
@@ -288,49 +286,22 @@ def horovod_lost_peer(error):
   return HOROVOD_SHUT_DOWN in text or "gloo/transport/" in text
 
 
+def horovod_lost_message(run_folder):
+  """What rank 0 says when Horovod lost a peer mid-run."""
+  return ("Horovod shut down mid-run: another rank ended or this one can no longer reach it "
+          "(Gloo gives up after HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default; horovodrun names "
+          "the rank that ended). The last checkpoint, on the disk of rank 0, which writes it, is "
+          f"intact ({os.path.join(run_folder, 'checkpoints')} there): restart every rank with "
+          "--resume")
+
+
 def launched_by_horovod():
   return any(name in os.environ for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK",
                                              "PMI_RANK"))
 
 
-class ClusterUnreachableError(ValueError):
-  """A worker's host in TF_CONFIG does not answer: a setup error the user can fix."""
-
-
-def _wait_for_hosts(config, seconds):
-  """Returns once every other worker's host answers at its TF_CONFIG address (a refused
-  connection counts: the host is up, its worker may not have started yet); raises
-  ClusterUnreachableError naming the silent ones after `seconds`. TF itself would wait for an
-  hour with no word (its register timeout did not bound that wait in TF 2.21, and it holds the
-  GIL, so no Python timer can interrupt it). A worker that never starts on a live host is not
-  caught here: TF still waits for it."""
-  task, cluster = config.get("task", {}), config.get("cluster", {})
-  own = (task.get("type"), task.get("index", 0))
-  pending = {(job, i): address for job in ("chief", "worker")
-             for i, address in enumerate(cluster.get(job, [])) if (job, i) != own}
-  deadline = time.monotonic() + seconds
-  while pending:
-    pending = {peer: address for peer, address in pending.items() if not _answers(address)}
-    if pending and time.monotonic() > deadline:
-      silent = "; ".join(f"{job} {i} at {address}" for (job, i), address in pending.items())
-      raise ClusterUnreachableError(
-          f"no answer from the host of {silent} within {seconds} s (--connect-timeout); this is "
-          f"{own[0]} {own[1]}. Check that each TF_CONFIG address belongs to its host, that the "
-          "hosts can reach each other, and that no firewall drops the ports")
-    if pending:
-      time.sleep(0.5)
-
-
-def _answers(address, timeout=1.0):
-  """Whether the host at host:port answers (accepts or refuses the connection)."""
-  host, port = address.rsplit(":", 1)
-  try:
-    with socket.create_connection((host, int(port)), timeout=timeout):
-      return True
-  except ConnectionRefusedError:
-    return True
-  except OSError:
-    return False
+# --strategy: "" is Horovod under horovodrun (or mpirun), else one process.
+STRATEGIES = ("", "mirrored", "multiworker")
 
 
 def make_engine(strategy=None, cpu_replicas=1, connect_timeout=300):
@@ -340,7 +311,7 @@ def make_engine(strategy=None, cpu_replicas=1, connect_timeout=300):
   if strategy == "multiworker":
     return MultiWorkerEngine(connect_timeout)
   if strategy:
-    raise ValueError(f"unknown strategy {strategy!r}; choose mirrored or multiworker")
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES[1:])}")
   if launched_by_horovod():
     return ElasticHorovodEngine() if os.environ.get("HOROVOD_ELASTIC") == "1" else HorovodEngine()
   return Engine()

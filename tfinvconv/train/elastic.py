@@ -16,7 +16,10 @@ only the final part smaller than a global step is left out.
 import tensorflow as tf
 import tf_keras
 
+from tfinvconv.models import horovod_agreement
+from tfinvconv.train import callbacks as cb
 from tfinvconv.train import distributed
+from tfinvconv.train.schedule import WarmupSchedule
 
 
 class DataPosition(tf.Module):
@@ -67,10 +70,10 @@ def _state_class():
   return VariablesState
 
 
-def make_state(hvd, trainee, position, **objects):
-  """The elastic state of a run: everything `trainee.checkpoint()` saves, and `position`."""
-  variables = (trainee.flow.all_variables() + list(trainee.optimizer.variables) +
-               list(trainee.counters.variables) + list(position.variables))
+def make_state(hvd, guarded, position, **objects):
+  """The elastic state of a run: everything `guarded.checkpoint()` saves, and `position`."""
+  variables = (guarded.flow.all_variables() + list(guarded.optimizer.variables) +
+               list(guarded.counters.variables) + list(position.variables))
   return _state_class()(hvd, variables, **objects)
 
 
@@ -92,7 +95,7 @@ class Commit(tf_keras.callbacks.Callback):
       self.state.commit()  # raises HostsUpdatedInterrupt when workers are waiting to join
 
 
-def run(hvd, state, synced, train_epoch, done):
+def run_loop(hvd, state, synced, train_epoch, done):
   """Calls `synced()` after each sync of the state, then `train_epoch()` until `done()` (or until
   it returns False), under Horovod's elastic loop: a lost worker restores the last commit, a
   membership change resets Horovod, and the loop syncs rank 0's state and goes on."""
@@ -118,3 +121,80 @@ def run(hvd, state, synced, train_epoch, done):
       state.commit()
 
   train(state)
+
+
+class ElasticFit:
+  """`fit` one epoch at a time from the committed data position, under Horovod's elastic loop,
+  until the planned epochs are done or the run stops. After each sync every worker takes rank
+  0's settings (its refusal of the run, its warm-up length, which a worker started at another
+  size would compute differently), and the run counts its resets and the steps this worker ran
+  again after a rollback."""
+
+  def __init__(self, run, refusal):
+    self.run = run
+    position = run.checkpoints.position
+    self.state = make_state(run.engine.hvd, run.guarded, position, refusal=refusal,
+                            warmup_steps=run.schedule.warmup_steps)
+    self.state.register_reset_callbacks([self.reset])
+    self.commit = Commit(self.state, position, run.config.commit_every)
+    averaging, *others = run.callbacks.all
+    self.fit_callbacks = [averaging, self.commit, *others]  # position moved before checkpoints
+    self.first_step = None  # this worker's, after its first sync
+    self.history = {}
+    run.callbacks.elastic_stats = {"resets": 0, "steps_redone": 0}
+
+  @property
+  def position(self):
+    return self.run.checkpoints.position
+
+  def __call__(self):
+    run_loop(self.run.engine.hvd, self.state, self.synced, self.train_epoch, self.done)
+    ran_forward = cb.step_of(self.run.guarded) - (self.first_step or 0)
+    self.run.callbacks.elastic_stats["steps_redone"] = self.commit.steps_run - ran_forward
+    return self.history
+
+  def done(self):
+    return int(self.position.epoch.numpy()) >= self.run.config.epochs
+
+  def synced(self):
+    if self.state.refusal:  # every worker stops
+      raise ValueError(self.state.refusal)
+    schedule = self.run.schedule
+    if self.state.warmup_steps != schedule.warmup_steps:
+      optimizer = getattr(self.run.guarded.optimizer, "inner_optimizer", self.run.guarded.optimizer)
+      optimizer.learning_rate = WarmupSchedule(schedule.peak, self.state.warmup_steps)
+    if self.first_step is None:
+      self.first_step = cb.step_of(self.run.guarded)
+
+  def reset(self):
+    """Horovod re-formed the job: new rank and size; steps traced again for them."""
+    run = self.run
+    run.engine.refresh()
+    run.data.reshard()
+    run.guarded.train_function = run.guarded.test_function = None
+    horovod_agreement.restart_first_step(run.guarded.flow)
+    run.callbacks.elastic_stats["resets"] += 1
+    if run.engine.is_chief and run.config.verbose:
+      print(f"\nelastic: {run.engine.size} worker(s) now; going on from step "
+            f"{cb.step_of(run.guarded)} (epoch {int(self.position.epoch.numpy()) + 1}, "
+            f"{int(self.position.images.numpy())} images in)", flush=True)
+
+  def train_epoch(self):
+    """The rest of the epoch; False when the run stopped (signal, non-finite guard)."""
+    run = self.run
+    stream, steps = run.data.epoch_data(self.position)
+    if not steps and not int(self.position.images.numpy()):
+      raise ValueError(f"the training split has fewer images than one step of all workers "
+                       f"({run.data.global_batch}): lower --batch-size")
+    progress = run.callbacks.progress
+    self.commit.images_per_step = progress.images_per_step = run.data.global_batch
+    progress.steps_per_epoch = steps
+    if steps:
+      epoch = int(self.position.epoch.numpy())
+      cb.extend_history(self.history, run.guarded.fit(
+          stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+          validation_data=run.data.test_data, callbacks=self.fit_callbacks, verbose=0))
+    if run.callbacks.stopped:
+      return False
+    self.position.next_epoch()
+    return True

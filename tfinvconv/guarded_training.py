@@ -17,22 +17,23 @@
 
 Distribution hooks in as for the model itself: an optimizer wrapped by
 `hvd.DistributedOptimizer` averages in `compute_gradients`, and under Horovod the step fails
-when the workers' gradients differ (`tfinvconv.models.workers`). Under a tf.distribute strategy
-the optimizer's synchronisation cannot sit inside a conditional, so there the replicas agree on
-finiteness and apply zero gradients instead (no NaN reaches the weights, but Adam's momentum
-still moves them a little).
+when the workers' gradients differ (`tfinvconv.models.horovod_agreement`). Under a
+tf.distribute strategy the optimizer's synchronisation cannot sit inside a conditional, so there
+the replicas agree on finiteness and apply zero gradients instead (no NaN reaches the weights,
+but Adam's momentum still moves them a little).
 """
 
 import tensorflow as tf
 import tf_keras
 
 from tfinvconv.models import glow
-from tfinvconv.models import workers
+from tfinvconv.models import horovod_agreement
 
 
 class Counters(tf.Module):
-  """Steps taken and non-finite steps skipped. The names are those the counters had when they
-  lived in the model, so older checkpoints restore them (`GuardedTraining.restore`)."""
+  """Steps taken and non-finite steps skipped. The variable names are those of the version 1
+  format, where Glow held them (tests/models/fixtures/glow_v1*), so those files restore them
+  (`GuardedTraining.restore`)."""
 
   def __init__(self):
     super().__init__(name="counters")
@@ -66,7 +67,7 @@ class GuardedTraining(tf_keras.Model):
     images = glow.Glow._images(data)  # pylint: disable=protected-access
     per_image, grads_and_vars = self.flow.gradients(images, self.counters.step_counter)
     checks = [tf.reduce_all(tf.math.is_finite(g)) for g, _ in grads_and_vars]
-    if workers.horovod_workers() is None:  # averaged gradients alone decide, alike everywhere
+    if horovod_agreement.horovod_workers() is None:  # averaged gradients alone decide, alike everywhere
       checks.append(tf.math.is_finite(tf.reduce_mean(per_image)))
     finite = self._agreed(tf.reduce_all(checks))
     skipped = self._apply_if_finite(self.optimizer, grads_and_vars, finite)
@@ -123,8 +124,8 @@ class GuardedTraining(tf_keras.Model):
                                counters=self.counters, **more)
 
   def restore(self, prefix, **more):
-    """Restores `checkpoint(**more)` from `prefix`, checking every object matched. Checkpoints
-    written while the counters lived in the model keep them under model/: read from there."""
+    """Restores `checkpoint(**more)` from `prefix`, checking every object matched. Version 1
+    checkpoints (Glow held the counters) keep them under model/: read from there."""
     names = [name for name, _ in tf.train.list_variables(prefix)]
     if any(name.startswith("counters/") for name in names):
       self.checkpoint(**more).restore(prefix).assert_existing_objects_matched()

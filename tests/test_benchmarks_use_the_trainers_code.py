@@ -1,5 +1,6 @@
-"""The benchmarks take train's data, presets and training step instead of copies of their own
-(issue 18): they measure the step `fit` runs, on the data and settings `python -m tfinvconv.train` uses."""
+"""The benchmarks take the trainer's data, presets and training step instead of copies of their
+own: they measure the step `fit` runs, on the data and settings `python -m tfinvconv.train`
+uses."""
 
 import glob
 import os

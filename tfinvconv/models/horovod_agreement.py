@@ -14,6 +14,11 @@ averaged loss. Two checks, each one all-reduce of four numbers:
 
 Horovod is never imported here: a process that has not imported and initialised it is not one
 of several Horovod workers.
+
+Why the model calls these checks rather than a distribution wrapper: the guarantee is that any
+loop's gradient through Glow is checked, and a user's own loop (a plain tape, `minimize`, a plain
+optimizer) passes through no wrapper of ours, only through Glow's log-density. The checks cost
+nothing outside Horovod and know nothing of the trainer.
 """
 
 import contextlib

@@ -1,0 +1,48 @@
+"""The one timing loop of the CPU benchmarks: warm-up, then every candidate called in turn, round
+after round (this machine is noisy, so side-by-side ratios are what to read), summarised as
+median, min and max. Imports no tfinvconv (bench_portable's parent must not register the op)."""
+
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+
+def timed(fn, *args):
+  """Seconds for one call of fn(*args), its results fetched (eager dispatch is asynchronous)."""
+  start = time.perf_counter()
+  out = fn(*args)
+  tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for the result
+  return time.perf_counter() - start
+
+
+def interleaved(calls, repeats, warmup=2):
+  """calls: {name: (fn, args)}. Each is called `warmup` times (tracing, oneDNN primitives), then
+  all in turn for `repeats` rounds. Returns {name: [seconds, ...]}."""
+  for fn, args in calls.values():
+    for _ in range(warmup):
+      timed(fn, *args)
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, (fn, args) in calls.items():
+      times[name].append(timed(fn, *args))
+  return times
+
+
+def summary_ms(seconds):
+  """{"median_ms", "min_ms", "max_ms"} of a list of times in seconds."""
+  ms = 1e3 * np.asarray(seconds, np.float64)
+  return {"median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
+          "max_ms": float(np.max(ms))}
+
+
+def cpu_name():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
