@@ -82,12 +82,14 @@ test: setup horovod qemu sshd
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-# The quick tier again under each CPU path narrower than the widest this CPU runs (the op reads
-# TFINVCONV_CPU_PATH; `make test` runs the widest): baseline, and avx2 on an AVX-512 machine.
+# The op's and the bijectors' quick tier again under each CPU path narrower than the widest this
+# CPU runs (the op reads TFINVCONV_CPU_PATH; `make test` runs the widest): baseline, and avx2 on an
+# AVX-512 machine. The paths differ only inside the op, which these tests hold against dense
+# float64 references and TFP's bijector contracts.
 test-cpu-paths: setup
 	for path in $$($(PY) tests/ops/cpu_flags.py --narrower); do \
 	  echo "TFINVCONV_CPU_PATH=$$path"; \
-	  TFINVCONV_CPU_PATH=$$path $(PY) -m pytest -q -m "not slow" tests || exit 1; \
+	  TFINVCONV_CPU_PATH=$$path $(PY) -m pytest -q -m "not slow" tests/ops tests/bijectors || exit 1; \
 	done
 
 # qemu-user runs the op on CPUs without AVX2 / AVX-512 (tests/ops/test_cpu_paths.py); Debian's

@@ -150,7 +150,7 @@ def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
 
 # Fault injection: one process SIGKILLed mid-run. The others stop within a bounded time with a
 # message naming the lost one, the last checkpoint stays valid, and --resume finishes the run.
-FAULT_RUN = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4", "--epochs", "8",
+FAULT_RUN = ["--depth", "1", "--hidden-channels", "8", "--num-samples", "4", "--epochs", "4",
              "--steps-per-epoch", "8", "--checkpoint-every", "2"]
 STOP_WITHIN_SECONDS = 60
 
