@@ -31,6 +31,7 @@ one; tools/build_backend.py stops such a build at once and says what to do.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -110,28 +111,46 @@ class BuildOpLibrary(build_ext):
     # A -march build names its single CPU path after the value (inverse_conv_cpu.cc).
     cxx = CXX_FLAGS + ([f"-march={march}", f'-DTFINVCONV_MARCH_NAME="{march}"'] if march else [])
     cxx += ["-I", ROOT] + compile_flags
-    objects, extra_link = [], []
     with tempfile.TemporaryDirectory() as scratch:
+      objects, extra_link, cuda = [], [], None
       if _want_cuda(tf_has_cuda):
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
-        cxx += ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home)]
-        for source in CORE_GPU_SOURCES:
-          obj = os.path.join(scratch, os.path.basename(source) + ".o")
-          arch = _cuda_arch()
-          _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS,
-                *arch.arch_flags(arch.nvcc_major()), "-I", ROOT, source, "-o", obj])
-          objects.append(obj)
-        # The CUDA runtime linked statically: the .so needs only the driver at run time.
-        extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+        cxx, objects, extra_link, cuda = _cuda_build(scratch, cxx)
       _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
             output, *link_flags, *extra_link])
-    # The binary is tied to this TensorFlow: the loader compares before it loads anything. Next
-    # to the library in the build folder (what a wheel packs) and in the source package (where an
-    # editable install's library ends up: setuptools copies only the .so there).
-    stamp = os.path.basename(output)[:-len(".so")] + ".tf_version"
-    for folder in {os.path.dirname(output), os.path.join(ROOT, "tfinvconv", "ops")}:
-      with open(os.path.join(folder, stamp), "w") as f:
-        f.write(tf_version + "\n")
+    _write_stamps(output, tf_version, cuda)
+
+
+def _cuda_build(scratch, cxx):
+  """Compiles the CUDA kernels; returns the g++ flags that register them, their objects, the
+  link flags they need and what built them (recorded in the .cuda.json stamp)."""
+  cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
+  arch = _cuda_arch()
+  major = arch.nvcc_major()
+  objects = []
+  for source in CORE_GPU_SOURCES:
+    obj = os.path.join(scratch, os.path.basename(source) + ".o")
+    _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS, *arch.arch_flags(major),
+          "-I", ROOT, source, "-o", obj])
+    objects.append(obj)
+  cxx = cxx + ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home)]
+  # The CUDA runtime linked statically: the .so needs only the driver at run time.
+  extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+  return cxx, objects, extra_link, {"nvcc": arch.nvcc_release(), "targets": arch.targets(major)}
+
+
+def _write_stamps(output, tf_version, cuda):
+  """Records next to the library what built it. .tf_version: the TensorFlow it is tied to (the
+  loader compares before it loads anything). .cuda.json: the nvcc release and GPU targets of its
+  CUDA kernels, {"cuda": null} for a CPU-only build (tfinvconv.ops.build_info() reports it).
+  Written in the build folder (what a wheel packs) and in the source package (where an editable
+  install's library ends up: setuptools copies only the .so there)."""
+  base = os.path.basename(output)[:-len(".so")]
+  stamps = {base + ".tf_version": tf_version + "\n",
+            base + ".cuda.json": json.dumps({"cuda": cuda}) + "\n"}
+  for folder in {os.path.dirname(output), os.path.join(ROOT, "tfinvconv", "ops")}:
+    for name, text in stamps.items():
+      with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
 
 
 def _cuda_include_shim(scratch, cuda_home):
@@ -215,8 +234,9 @@ setup(
         "Topic :: Scientific/Engineering :: Mathematics",
     ],
     packages=find_packages(include=["tfinvconv", "tfinvconv.*"]),
-    # The version stamp next to the library (the .so itself comes from build_ext).
-    package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version"]},
+    # The stamps next to the library (the .so itself comes from build_ext): _write_stamps.
+    package_data={"tfinvconv.ops": ["_inverse_conv_ops.tf_version",
+                                    "_inverse_conv_ops.cuda.json"]},
     python_requires=">=3.10",
     # The trainer (python -m tfinvconv.train) as a command.
     entry_points={"console_scripts": ["tfinvconv-train = tfinvconv.train.__main__:main"]},

@@ -131,7 +131,7 @@ def sdist_problems(path):
   if missing:
     problems.append(f"{path} lacks files the build needs (MANIFEST.in): {missing}")
   unwanted = sorted(m for m in members if m.startswith(("tests/", "benchmarks/", "train/"))
-                    or m.endswith((".so", ".o", ".tf_version", ".pyc")))
+                    or m.endswith((".so", ".o", ".tf_version", ".cuda.json", ".pyc")))
   if unwanted:
     problems.append(f"{path} holds what stays in the repository or is built: {unwanted}")
   return problems + metadata_problems(pkg_info, path)
@@ -175,7 +175,13 @@ def wheel_problems(path):
     problems.append(f"{name}: shared libraries {libraries}: only the op's, nothing grafted")
   if any(n.startswith(("tests/", "benchmarks/", "train/")) for n in names):
     problems.append(f"{name}: holds repository-only folders")
+  if CUDA_STAMP not in names:  # setup.py's record of the nvcc that built the op, if any
+    problems.append(f"{name}: no {CUDA_STAMP}: tfinvconv.ops.build_info() cannot say which CUDA "
+                    "built the op")
   return problems + metadata_problems(metadata, name, tf_version=stamp)
+
+
+CUDA_STAMP = "tfinvconv/ops/_inverse_conv_ops.cuda.json"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ NOT_IN_REPO = {
     "build/wheels/": "make horovod's wheel cache",
     "build/dist/": "where make sdist and make wheel write",
     "tfinvconv/ops/_inverse_conv_ops.tf_version": "written by the build next to the library",
+    "tfinvconv/ops/_inverse_conv_ops.cuda.json": "written by the build next to the library",
     "runs/<dataset>-<mixer>": "a training run's folder",
     "tensorboard/": "inside a run folder",
     "samples/*.png": "inside a run folder",

@@ -190,3 +190,6 @@ def test_cuda_targets_cover_sm70_to_sm90_with_ptx():
   assert "sm_70" not in cuda13 and "code=sm_75" in cuda13  # CUDA 13 dropped Volta
   for flags in (cuda12, cuda13):
     assert flags.endswith("arch=compute_90,code=compute_90")  # PTX for newer GPUs
+  # The names the build records (tfinvconv.ops.build_info()) are the targets it compiles.
+  for major, flags in ((12, cuda12), (13, cuda13)):
+    assert arch.targets(major) == re.findall(r"code=(\w+)", flags)

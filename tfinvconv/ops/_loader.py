@@ -8,6 +8,8 @@ import tensorflow as tf
 LIBRARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inverse_conv_ops.so")
 # Written by setup.py next to the library: the TensorFlow version it was compiled against.
 VERSION_FILE = LIBRARY_FILE[:-len(".so")] + ".tf_version"
+# Written beside it too: the nvcc release and GPU targets of its CUDA kernels, or null.
+CUDA_FILE = LIBRARY_FILE[:-len(".so")] + ".cuda.json"
 
 _library = None
 _load_error = None
@@ -34,17 +36,23 @@ def load_library():
   return _library, _load_error
 
 
+def built_for():
+  """The TensorFlow version the library was built against, or None when its build did not
+  record one."""
+  try:
+    with open(VERSION_FILE) as f:
+      return f.read().strip() or None
+  except OSError:
+    return None
+
+
 def version_mismatch():
   """Why the library cannot be used with the installed TensorFlow, or None when it can (or when
   its build did not record a version)."""
-  try:
-    with open(VERSION_FILE) as f:
-      built_for = f.read().strip()
-  except OSError:
+  version = built_for()
+  if version is None or version == tf.__version__:
     return None
-  if not built_for or built_for == tf.__version__:
-    return None
-  return (f"{LIBRARY_FILE} was built against TensorFlow {built_for}, but TensorFlow "
+  return (f"{LIBRARY_FILE} was built against TensorFlow {version}, but TensorFlow "
           f"{tf.__version__} is installed (the binary works only with the version it was built "
           "against): rebuild it with `pip install --no-build-isolation -e .` in the repository "
           "root, or install that TensorFlow")

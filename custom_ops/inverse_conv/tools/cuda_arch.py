@@ -13,21 +13,35 @@ MACHINE_CODE = (70, 75, 80, 86, 89, 90)
 PTX = 90
 
 
-def nvcc_major(nvcc="nvcc"):
+def nvcc_release(nvcc="nvcc"):
+  """The toolkit's release as nvcc --version prints it ("12.5"), or None without nvcc."""
   if shutil.which(nvcc) is None:
     return None
   out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
-  match = re.search(r"release (\d+)\.", out)
-  return int(match.group(1)) if match else None
+  match = re.search(r"release (\d+\.\d+)", out)
+  return match.group(1) if match else None
+
+
+def nvcc_major(nvcc="nvcc"):
+  release = nvcc_release(nvcc)
+  return int(release.split(".")[0]) if release else None
+
+
+def _machine_code(major):
+  lowest = 75 if major is not None and major >= 13 else 70
+  return [sm for sm in MACHINE_CODE if sm >= lowest]
+
+
+def targets(major):
+  """What arch_flags(major) builds, by name (setup.py records them next to the library)."""
+  return [f"sm_{sm}" for sm in _machine_code(major)] + [f"compute_{PTX}"]
 
 
 def arch_flags(major):
   """-gencode flags for an nvcc of this major version."""
-  lowest = 75 if major is not None and major >= 13 else 70
   flags = []
-  for sm in MACHINE_CODE:
-    if sm >= lowest:
-      flags += ["-gencode", f"arch=compute_{sm},code=sm_{sm}"]
+  for sm in _machine_code(major):
+    flags += ["-gencode", f"arch=compute_{sm},code=sm_{sm}"]
   return flags + ["-gencode", f"arch=compute_{PTX},code=compute_{PTX}"]
 
 
