@@ -73,9 +73,12 @@ $(HOROVOD): $(OP_LIBRARY) $(HOROVOD_PATCH)
 
 # TFINVCONV_REQUIRE_HOSTS=1: the simulated-host tests (tests/train/test_multihost.py) fail
 # instead of skipping where network namespaces are unavailable (they alone run the Horovod and
-# MultiWorkerMirrored stop-and-resume).
+# MultiWorkerMirrored stop-and-resume). Two pytest workers, each running whole files (their
+# module fixtures start processes once): one CPU idles while a test waits on a process or a
+# network timeout, which is a third of a serial run's time on 2 cores.
+TEST_WORKERS ?= 2
 test: setup horovod qemu sshd
-	TFINVCONV_REQUIRE_HOSTS=1 $(PY) -m pytest -q tests
+	TFINVCONV_REQUIRE_HOSTS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The quick tier (a few minutes): ops, bijectors, models and the trainer's units; no subprocess,
 # no horovodrun (the tests marked slow in pyproject.toml are left out).

@@ -193,7 +193,9 @@ INSTALL_REQUIRES = [
     "pillow",  # scikit-learn reads its photos with it
 ]
 EXTRAS_REQUIRE = {
-    "datasets": ["tensorflow-datasets==4.9.10"],  # python -m tfinvconv.train with TFDS names
+    # python -m tfinvconv.train with TFDS names; tensorflow-datasets imports importlib_resources
+    # at tfds.load without declaring it (every rank would end in an ImportError)
+    "datasets": ["tensorflow-datasets==4.9.10", "importlib_resources"],
     # The Makefile builds horovod from source with a patch for this TF (`make horovod`);
     # pip alone cannot build it against TF >= 2.19.
     "horovod": ["horovod==0.28.1"],

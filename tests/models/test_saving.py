@@ -31,6 +31,13 @@ def _trained(mixer, digits, steps_per_epoch=2):
   return model
 
 
+@pytest.fixture(scope="module")
+def trained_1x1(digits):
+  """One trained model for the tests that only try to save or load it wrongly (refused before
+  anything is written or assigned)."""
+  return _trained("1x1", digits, steps_per_epoch=1)
+
+
 def _batches(digits):
   return tf.data.Dataset.from_tensor_slices(digits[:256]).batch(64)
 
@@ -76,8 +83,8 @@ def test_keras_format_continues_training_exactly(digits, tmp_path):
 @pytest.mark.parametrize("name", ["saved_model_dir",
                                   pytest.param("glow.h5", marks=pytest.mark.slow),
                                   pytest.param("glow.tf", marks=pytest.mark.slow)])
-def test_formats_that_would_lose_variables_are_refused(name, digits, tmp_path):
-  model = _trained("1x1", digits, steps_per_epoch=1)
+def test_formats_that_would_lose_variables_are_refused(name, trained_1x1, tmp_path):
+  model = trained_1x1
   with pytest.raises(ValueError, match=r"\.keras.*export_saved_model"):
     model.save(str(tmp_path / name))
   assert not os.path.exists(tmp_path / name)
@@ -89,14 +96,18 @@ def test_export_refuses_what_is_not_a_glow(tmp_path):
   assert not os.path.exists(tmp_path / "x")
 
 
-def test_loading_variables_of_another_configuration_is_an_error(digits):
-  model = _trained("1x1", digits, steps_per_epoch=1)
+def test_loading_variables_of_another_configuration_is_an_error(trained_1x1):
+  model = trained_1x1
   store = {str(i): v.numpy() for i, v in enumerate(model.all_variables())}
   with pytest.raises(ValueError, match="another configuration"):
     model.load_own_variables(dict(list(store.items())[:-1]))
-  store["0"] = np.zeros((3, 3))
+  before = _flat(model)
+  last = str(len(store) - 1)
+  store = {key: value + 1.0 for key, value in store.items()}  # all but the last would load
+  store[last] = np.zeros((3, 3))
   with pytest.raises(ValueError, match="does not belong to this configuration"):
     model.load_own_variables(store)
+  np.testing.assert_array_equal(_flat(model), before)  # refused whole: nothing was assigned
 
 
 _LOAD_IN_FRESH_PROCESS = """

@@ -317,4 +317,5 @@ def test_the_docs_show_the_recipes_as_tested():
     block = re.search(rf"<!-- recipe:{re.escape(script)} -->\n```python\n(.*?)```\n", docs,
                       re.S)
     assert block, f"docs/multi_gpu.md does not show examples/distributed/{script}"
-    assert block.group(1) == _source(script), f"docs/multi_gpu.md's {script} differs from the file"
+    assert block.group(1) == _source(script), (
+        f"docs/multi_gpu.md's {script} differs from the file: run `python tools/sync_recipes.py`")

@@ -446,11 +446,12 @@ class Glow(tf_keras.Model):
       raise ValueError(f"the saved Glow has {len(store.keys())} variables, this one "
                        f"{len(variables)}: the file was written by another configuration or "
                        "version of tfinvconv")
-    for i, variable in enumerate(variables):
-      value = store[str(i)]
+    values = [store[str(i)] for i in range(len(variables))]
+    for i, (variable, value) in enumerate(zip(variables, values)):  # all checked before any is set
       if tuple(value.shape) != tuple(variable.shape):
         raise ValueError(f"saved variable {i} has shape {value.shape}, {variable.name} needs "
                          f"{variable.shape}: the file does not belong to this configuration")
+    for variable, value in zip(variables, values):
       variable.assign(value)
 
   def save(self, filepath, *args, **kwargs):
