@@ -24,7 +24,15 @@ HOROVOD_VERSION := 0.28.1
 
 setup: $(OP_LIBRARY)
 
+# .venv is the CPU test environment (tensorflow-cpu). A venv that already holds `tensorflow` (the
+# CUDA build, a GPU user's own) would end with two TensorFlows and a CPU-only op: refuse it.
 $(INSTALLED): requirements.txt
+	@if [ -x $(PY) ] && $(PY) -c "import importlib.metadata as m; m.distribution('tensorflow')" 2>/dev/null; then \
+	  echo "make: $(VENV) holds tensorflow (the CUDA build); make setup would add tensorflow-cpu beside it" \
+	    "and build the op without GPU kernels. In a GPU environment run" \
+	    "'TFINVCONV_CUDA=1 pip install --no-build-isolation -e .' (docs/multi_gpu.md), or point VENV= at another folder." >&2; \
+	  exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements.txt
@@ -75,10 +83,13 @@ $(HOROVOD): $(OP_LIBRARY) $(HOROVOD_PATCH)
 # instead of skipping where network namespaces are unavailable (they alone run the Horovod and
 # MultiWorkerMirrored stop-and-resume). Two pytest workers, each running whole files (their
 # module fixtures start processes once): one CPU idles while a test waits on a process or a
-# network timeout, which is a third of a serial run's time on 2 cores.
+# network timeout, which is a third of a serial run's time on 2 cores. --no-loadscope-reorder:
+# xdist would otherwise hand out files by their number of tests, not in tests/conftest.py's
+# longest-first order, and the longest file would start last and run alone.
 TEST_WORKERS ?= 2
 test: setup horovod qemu sshd
-	TFINVCONV_REQUIRE_HOSTS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	TFINVCONV_REQUIRE_HOSTS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	  --no-loadscope-reorder tests
 
 # The quick tier (a few minutes): ops, bijectors, models and the trainer's units; no subprocess,
 # no horovodrun (the tests marked slow in pyproject.toml are left out).

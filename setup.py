@@ -89,6 +89,27 @@ def _want_cuda(tf_has_cuda):
   return shutil.which("nvcc") is not None and tf_has_cuda
 
 
+def _refuse_to_drop_cuda_kernels(output):
+  """A CPU-only build over a library that has CUDA kernels (a `make setup` or a plain
+  `pip install -e .` on a GPU machine whose nvcc is not on the PATH, or under tensorflow-cpu)
+  would leave every solve silently on the CPU. Stop unless the user asked for it."""
+  if os.environ.get("TFINVCONV_CUDA", "auto").lower() in ("0", "off", "false", "no"):
+    return
+  for folder in {os.path.dirname(output), os.path.join(ROOT, "tfinvconv", "ops")}:
+    stamp = os.path.join(folder, os.path.basename(output)[:-len(".so")] + ".cuda.json")
+    try:
+      with open(stamp) as f:
+        cuda = json.load(f).get("cuda")
+    except (OSError, ValueError):
+      continue
+    if cuda:
+      sys.exit(f"tfinvconv: the op library here was built with CUDA kernels ({stamp}: nvcc "
+               f"{cuda.get('nvcc')}), and this build would replace it with a CPU-only one "
+               "(no nvcc on the PATH, or a TensorFlow built without CUDA). Put nvcc on the "
+               "PATH and use a TensorFlow built with CUDA, or set TFINVCONV_CUDA=0 to build "
+               "without CUDA kernels on purpose.")
+
+
 def _run(command):
   print(" ".join(command), file=sys.stderr)
   subprocess.check_call(command, cwd=ROOT)
@@ -115,6 +136,8 @@ class BuildOpLibrary(build_ext):
       objects, extra_link, cuda = [], [], None
       if _want_cuda(tf_has_cuda):
         cxx, objects, extra_link, cuda = _cuda_build(scratch, cxx)
+      else:
+        _refuse_to_drop_cuda_kernels(output)
       _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
             output, *link_flags, *extra_link])
     _write_stamps(output, tf_version, cuda)

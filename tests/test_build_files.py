@@ -6,6 +6,7 @@ installed into an empty venv) are `make wheel-install-check`'s (tests/dist_check
 
 import ast
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -262,3 +263,52 @@ def test_op_library_names_no_tensorflow_library_and_loads():
        f"print(tf.load_op_library({library!r}).tf_inv_conv_cpu_path().numpy().decode())"],
       capture_output=True, text=True, check=False)
   assert loaded.returncode == 0 and loaded.stdout.strip(), loaded.stderr[-2000:]
+
+
+def _cpu_only_build(tmp_path, cuda_stamp, **env):
+  """setup.py build_ext into tmp_path, over a library whose stamp says `cuda_stamp`, with a g++
+  on the PATH that only reports it was reached (the refusal comes before any compile)."""
+  ops = tmp_path / "lib" / "tfinvconv" / "ops"
+  ops.mkdir(parents=True)
+  (ops / "_inverse_conv_ops.cuda.json").write_text(json.dumps({"cuda": cuda_stamp}))
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "g++").write_text("#!/bin/sh\necho 'fake g++ reached' >&2\nexit 3\n")
+  (fake / "g++").chmod(0o755)
+  environment = {k: v for k, v in os.environ.items() if k != "TFINVCONV_CUDA"}
+  environment.update(PATH=f"{fake}:{os.environ['PATH']}", **env)
+  return subprocess.run(
+      [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+       "--build-temp", str(tmp_path / "tmp")],
+      cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_a_cpu_only_build_does_not_replace_cuda_kernels_unasked(tmp_path):
+  # tensorflow-cpu here: the default (auto) build has no CUDA kernels.
+  cuda = {"nvcc": "12.8", "targets": ["sm_90"]}
+  refused = _cpu_only_build(tmp_path / "a", cuda)
+  assert refused.returncode != 0
+  assert "built with CUDA kernels" in refused.stderr and "TFINVCONV_CUDA=0" in refused.stderr
+  assert "fake g++ reached" not in refused.stderr
+  # Asked for (TFINVCONV_CUDA=0), or over a CPU-only library, the build goes on to compile.
+  for build in (_cpu_only_build(tmp_path / "b", cuda, TFINVCONV_CUDA="0"),
+                _cpu_only_build(tmp_path / "c", None)):
+    assert "fake g++ reached" in build.stderr, build.stderr[-2000:]
+
+
+def test_make_setup_refuses_a_venv_that_holds_the_cuda_tensorflow(tmp_path):
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+  purelib = subprocess.run(
+      [str(venv / "bin" / "python"), "-c",
+       "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+      check=True, capture_output=True, text=True).stdout.strip()
+  info = os.path.join(purelib, "tensorflow-2.21.0.dist-info")
+  os.makedirs(info)
+  with open(os.path.join(info, "METADATA"), "w") as f:
+    f.write("Metadata-Version: 2.1\nName: tensorflow\nVersion: 2.21.0\n")
+  result = subprocess.run(["make", "-C", ROOT, f"VENV={venv}", "setup"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "holds tensorflow (the CUDA build)" in result.stderr
+  assert not (venv / ".requirements-installed").exists()
