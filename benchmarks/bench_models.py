@@ -12,7 +12,6 @@ with the image size.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 
@@ -82,22 +81,12 @@ def peak_memory_gb(name, size, depth, hidden, kernel_size=3):
   return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_gb"]
 
 
-def _peak_rss_kb():
-  """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: on Linux that keeps
-  the parent's high-water mark across fork + exec, so every child would report the parent's."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
-
-
 def _memory_main(name, size, depth, hidden, kernel_size):
   model = build(name, size, depth, hidden, kernel_size=kernel_size)
   fns = make_callables(model, BATCH[size])
   fns["train_step"]()
   fns["sample"]()
-  print(json.dumps({"peak_rss_gb": _peak_rss_kb() / 2 ** 20}))
+  print(json.dumps({"peak_rss_gb": timing.peak_rss_kb() / 2 ** 20}))
 
 
 def size_table(sizes, depth, hidden, repeats, memory=True, models=MODELS):

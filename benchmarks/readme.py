@@ -417,7 +417,38 @@ def digits_baseline():
                "`benchmarks/results/quality.json`).")
 
 
-BLOCKS = {"ops_cpu": ops_cpu, "ops_dense": ops_dense, "models_cpu": models_cpu,
+def memory_cpu():
+  results = _load("memory_cpu.json")
+  meta, depth, presets = results["meta"], results["depth"], results["presets"]
+  depths = sorted({r["depth"] for r in depth})
+
+  def at(mode, d):
+    return next(r for r in depth if r["mode"] == mode and r["depth"] == d)
+
+  growth = {m: at(m, depths[-1])["step_mb"] / at(m, depths[0])["step_mb"]
+            for m in ("stored", "checkpointed", "reversible")}
+  ratios = {m: [at(m, d)["step_ms"] / at("stored", d)["step_ms"] for d in depths]
+            for m in ("checkpointed", "reversible")}
+  first = depth[0]
+  text = (f"Measured on {meta['cpu']} ({meta['cores']} cores; "
+          "`benchmarks/results/memory_cpu.md`, `python -m benchmarks.bench_memory`): from depth "
+          f"{depths[0]} to {depths[-1]} (Glow at {first['size']}², {first['levels']} levels, "
+          f"width {first['width']}, batch {first['batch']}) a training step's working memory "
+          f"grows × {growth['stored']:.1f} stored, × {growth['checkpointed']:.1f} checkpointed "
+          f"and × {growth['reversible']:.1f} reversible; a step takes "
+          f"{_range(ratios['checkpointed'], 2)}× stored's time checkpointed and "
+          f"{_range(ratios['reversible'], 2)}× reversible.")
+  fits = []
+  for name in sorted({r["preset"] for r in presets}, key=[r["preset"] for r in presets].index):
+    per_mode = {r["mode"]: r["images_per_gpu"] for r in presets if r["preset"] == name}
+    fits.append(f"{name} " + ", ".join(f"{per_mode[m]} {m}" for m in per_mode))
+  if fits:
+    text += (" Images per 80 GB GPU, estimated from the CPU measurements of one step of each "
+             "preset at its real size (not measured on a GPU): " + "; ".join(fits) + ".")
+  return _wrap(text)
+
+
+BLOCKS = {"memory_cpu": memory_cpu, "ops_cpu": ops_cpu, "ops_dense": ops_dense, "models_cpu": models_cpu,
           "ops_gpu": ops_gpu, "gpu_peers": gpu_peers,
           "ops_gpu_docs": ops_gpu_docs, "gpu_levers": gpu_levers, "mixed_cpu": mixed_cpu, "portable": portable,
           "quality": quality, "quality_summary": quality_summary, "quality_docs": quality_docs,

@@ -3,6 +3,7 @@ after round (this machine is noisy, so side-by-side ratios are what to read), su
 median, min and max. Imports no tfinvconv (bench_portable's parent must not register the op)."""
 
 import platform
+import resource
 import time
 
 import numpy as np
@@ -46,3 +47,28 @@ def cpu_name():
   except OSError:
     pass
   return platform.processor() or "unknown"
+
+
+def peak_rss_kb():
+  """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: on Linux that keeps
+  the parent's high-water mark across fork + exec, so every child would report the parent's."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
+
+
+def rss_kb():
+  """This process's resident set now (VmRSS)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1])
+  raise RuntimeError("no VmRSS in /proc/self/status: the memory measurements need Linux")
+
+
+def reset_peak_rss():
+  """Starts VmHWM again from the current resident set (Linux: 5 to /proc/self/clear_refs)."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")

@@ -73,6 +73,11 @@ BLOCKS = {
         "ops", check="assert _np.allclose(x, _x0, atol=1e-4), abs(x - _x0).max()"),
     ("README.md", "model.fit(uint8_image_dataset"): Run(
         "glow", TINY_GLOW + [("epochs=...", "epochs=1"), ("model.sample(16,", "model.sample(2,")]),
+    ("README.md", "rebuild_errors(images)"): Run(
+        "backprop", [("(256, 256, 3)", "(8, 8, 3)"), ("num_levels=6", "num_levels=2"),
+                     ("depth=32", "depth=2"), ("hidden_channels=512", "hidden_channels=8"),
+                     ("epochs=...", "epochs=1")],
+        after="glow", check="assert len(errors) == 4 and max(e for *_, e in errors) < 1e-4, errors"),
     ("README.md", "export_saved_model"): Run(
         "saving", [("loaded.sample(16,", "loaded.sample(2,")], after="glow"),
     ("README.md", "set_global_policy"): Run(

@@ -119,13 +119,14 @@ def _workers(environments, args, returncode=0, timeout=600):
 
 
 def test_mirrored_strategy_two_cpu_replicas_learn_and_resume(tmp_path):
-  """MirroredStrategy over two logical CPU devices: the all-reduce paths really run. SIGTERM
+  """MirroredStrategy over two logical CPU devices, with --backprop reversible (stored runs
+  mirrored in the recipes and across hosts): the all-reduce paths really run. SIGTERM
   from outside the command line mid-epoch: it saves a checkpoint there (the periodic ones are
   every 100 steps) and exits with 128+15, and --resume ends with the uninterrupted run's
   weights."""
   def command(run_dir, *extra):
     return [sys.executable, "-m", "tfinvconv.train", *TINY, "--strategy", "mirrored", "--cpu-replicas",
-            "2", "--run-dir", run_dir, *extra]
+            "2", "--backprop", "reversible", "--run-dir", run_dir, *extra]
 
   def mirrored(run_dir, *extra):
     result = subprocess.run(command(run_dir, *extra), cwd=ROOT, capture_output=True, text=True,

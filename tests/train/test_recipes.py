@@ -182,15 +182,21 @@ REFUSALS = '''
 import tensorflow as tf, tf_keras
 import horovod.tensorflow.keras as hvd
 from tfinvconv.guarded_training import GuardedTraining
+from tfinvconv.models import Glow
 from common import make_glow, worker_batches
 hvd.init()
 data = worker_batches(hvd.rank(), hvd.size())
+reversible_glow = lambda: Glow((8, 8, 1), num_levels=2, depth=2, hidden_channels=8,
+                               mixer="inverse_conv", n_bins=17, seed=0, backprop="reversible")
 cases = {
     "legacy": lambda: (make_glow(), tf_keras.optimizers.legacy.Adam(1e-3)),
     "guarded": lambda: (GuardedTraining(make_glow()), tf_keras.optimizers.Adam(1e-3)),
     "averaged": lambda: (make_glow(), hvd.DistributedOptimizer(tf_keras.optimizers.Adam(1e-3))),
     "guarded_averaged": lambda: (GuardedTraining(make_glow()),
                                  hvd.DistributedOptimizer(tf_keras.optimizers.Adam(1e-3))),
+    "reversible": lambda: (reversible_glow(), tf_keras.optimizers.Adam(1e-3)),
+    "reversible_averaged": lambda: (reversible_glow(),
+                                    hvd.DistributedOptimizer(tf_keras.optimizers.Adam(1e-3))),
 }
 for name, make in cases.items():
   model, optimizer = make()
@@ -199,6 +205,8 @@ for name, make in cases.items():
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0,
               callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
     print(f"FIT {name} trained", flush=True)
+    weights = sum(float(tf.reduce_sum(tf.cast(v, tf.float64))) for v in model.trainable_variables)
+    print(f"FITWEIGHTS {name} {hvd.rank()} {weights!r}", flush=True)
   except tf.errors.InvalidArgumentError as error:
     said = "hold different gradients" in str(error) and "DistributedOptimizer" in str(error)
     print(f"FIT {name} refused {said}", flush=True)
@@ -218,14 +226,18 @@ def gradient_checks():
 
 def test_every_gradient_path_without_averaging_is_refused(gradient_checks):
   """Glow.fit's compute_gradients + apply_gradients with a legacy optimizer (a new one: the
-  Keras recipe's refusal test), and the guarded step: refused without Horovod's averaging,
-  trained with it."""
+  Keras recipe's refusal test), the guarded step and a backprop="reversible" Glow: refused
+  without Horovod's averaging, trained with it (the reversible one's workers identical)."""
   ranks, output = gradient_checks
   for rank, lines in enumerate(ranks):
     cases = dict(re.findall(r"FIT (\w+) (.+)", lines))
     assert cases == {"legacy": "refused True", "guarded": "refused True",
-                     "averaged": "trained", "guarded_averaged": "trained"}, (
+                     "averaged": "trained", "guarded_averaged": "trained",
+                     "reversible": "refused True", "reversible_averaged": "trained"}, (
                          rank, output[-4000:])
+  # Reversible backprop under DistributedOptimizer: the workers end identical.
+  weights = dict(re.findall(r"FITWEIGHTS reversible_averaged (\d) (\S+)", output))
+  assert weights.keys() == {"0", "1"} and weights["0"] == weights["1"], weights
 
 
 LOOPS = '''

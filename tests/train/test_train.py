@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from tfinvconv.models import backprop_modes
 from tfinvconv.train import callbacks as cb
 from tfinvconv.train import data
 from tfinvconv.train import exits
@@ -469,3 +471,24 @@ def test_a_dataset_without_preset_gets_its_own_settings_and_says_so(tmp_path, ca
   with pytest.raises(SystemExit):
     parse(["--preset", "images"])
   assert "--preset images needs --dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the trainer end to end, twice
+def test_reversible_backprop_reports_its_rebuild_and_stops_when_it_goes_bad(tmp_path, capsys,
+                                                                           monkeypatch):
+  config = _tiny_config(tmp_path, "run", backprop="reversible", epochs=2, steps_per_epoch=3,
+                        verbose=True)
+  assert trainer.run(config) == 0
+  said = capsys.readouterr().out
+  # Before training and after each of the 2 epochs.
+  reports = re.findall(r"reversible backprop: worst rebuilt step input off by (\S+) ", said)
+  assert len(reports) == 3 and all(0 < float(r) < 1e-4 for r in reports), said[-3000:]
+  assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 6
+
+  monkeypatch.setattr(backprop_modes, "REBUILD_TOLERANCE", 0.0)  # every rebuild is now "bad"
+  config = _tiny_config(tmp_path, "bad", backprop="reversible", verbose=True)
+  assert trainer.run(config) == exits.EXIT_REBUILD
+  error = capsys.readouterr().err
+  assert "error: stopped at step 0: reversible backprop rebuilds the input of flow step" in error
+  assert "--backprop checkpointed" in error
+  assert not list((tmp_path / "bad" / "checkpoints").glob("ckpt-*.index"))

@@ -9,6 +9,7 @@ import tf_keras
 
 from tfinvconv import bijectors as tib
 from tfinvconv.bijectors import image_bijector
+from tfinvconv.models import backprop_modes
 from tfinvconv.models import horovod_agreement
 from tfinvconv.models import priors
 from tfinvconv.models.dequantization import VariationalDequantizer
@@ -17,6 +18,7 @@ _LossScaleOptimizer = tf_keras.mixed_precision.LossScaleOptimizer
 MIXERS = ("1x1", "nxn", "inverse_conv", "finc", "emerging")
 COUPLINGS = ("affine", "additive")
 DEQUANTIZATIONS = ("uniform", "variational")
+BACKPROPS = backprop_modes.MODES
 
 
 def stateless_seed(seed):
@@ -200,6 +202,13 @@ class Glow(tf_keras.Model):
   `tfinvconv.guarded_training.GuardedTraining`.
   Images must have the model's `image_shape`; every entry point refuses other sizes.
 
+  Memory (`backprop`): "stored" keeps every activation for the backward pass; "checkpointed"
+  keeps each flow step's input and recomputes the step in the backward pass (the gradients of
+  "stored" up to rounding); "reversible" keeps only each level's output and rebuilds every
+  step's input from its output with the step's exact inverse (`tfinvconv.models.backprop_modes`):
+  activation memory then stays flat in depth, and `rebuild_errors(images)` says how exactly the
+  inputs were rebuilt. ActNorm's initialisation always runs the stored way.
+
   Saving: `save("model.keras")` / `tf_keras.models.load_model` (every variable, the bijectors'
   included), `save_weights` / `tf.train.Checkpoint`, or `tfinvconv.models.export_saved_model`
   for a SavedModel with `log_prob`, `bits_per_dim` and `sample` signatures. Other formats are
@@ -209,7 +218,7 @@ class Glow(tf_keras.Model):
   def __init__(self, image_shape, num_levels=3, depth=32, hidden_channels=512,
                mixer="inverse_conv", kernel_size=3, coupling="affine", learn_top=True,
                n_bits=8, dtype=tf.float32, implementation="auto", seed=0, name="glow",
-               n_bins=None, dequantization="uniform"):
+               n_bins=None, dequantization="uniform", backprop="stored"):
     dtype = image_bijector.check_dtype(dtype)
     super().__init__(name=name, dtype=dtype.name)
     image_shape, n_bins = _checked_arguments(image_shape, num_levels, depth, hidden_channels,
@@ -219,7 +228,9 @@ class Glow(tf_keras.Model):
                         depth=depth, hidden_channels=hidden_channels, mixer=mixer,
                         kernel_size=kernel_size, coupling=coupling, learn_top=learn_top,
                         n_bits=n_bits, dtype=dtype.name, implementation=implementation,
-                        seed=seed, name=name, n_bins=n_bins, dequantization=dequantization)
+                        seed=seed, name=name, n_bins=n_bins, dequantization=dequantization,
+                        backprop=backprop_modes.check_mode(backprop))
+    self.backprop = backprop
     self.image_shape = image_shape
     self.num_levels, self.depth = num_levels, depth
     self.n_bins = n_bins
@@ -308,10 +319,14 @@ class Glow(tf_keras.Model):
     latents = []
     for level in range(self.num_levels):
       z = self.squeezes[level].inverse(z)
-      for layer in self.steps[level]:
-        if initialize and isinstance(layer, tib.ActNorm):
-          layer.initialize(z)
-        z, log_det = image_bijector.inverse_and_log_det(layer, z)
+      if self.backprop == "stored" or initialize:
+        for layer in self.steps[level]:
+          if initialize and isinstance(layer, tib.ActNorm):
+            layer.initialize(z)
+          z, log_det = image_bijector.inverse_and_log_det(layer, z)
+          total += log_det
+      else:
+        z, log_det = backprop_modes.run_steps(self.flow_steps(level), z, self.backprop)
         total += log_det
       if level < self.num_levels - 1:
         kept = z.shape[-1] // 2
@@ -323,6 +338,35 @@ class Glow(tf_keras.Model):
     total += priors.gaussian_log_prob(z, mean, log_scale)
     latents.append((z - mean) * tf.exp(-log_scale))
     return latents, horovod_agreement.check_weights_on_gradient(total, self)
+
+  def flow_steps(self, level):
+    """The flow steps of a level, each a list of its bijectors (ActNorm, mixer, coupling)."""
+    steps = []
+    for layer in self.steps[level]:
+      if isinstance(layer, tib.ActNorm):
+        steps.append([])
+      steps[-1].append(layer)
+    return steps
+
+  def rebuild_errors(self, images, seed=0):
+    """How exactly `backprop="reversible"` rebuilds each step's input on these images: a list
+    of (level, step, relative error), the rebuilds made as its backward pass makes them (each
+    from the one above, from the level's output down) against the true inputs. Whatever the
+    model's own `backprop`."""
+    images = self._checked_shape(images, "the images")
+    z = self.preprocess(images, seed=tf.constant([seed, -2], tf.int64))
+    records = []
+    for level in range(self.num_levels):
+      z = self.squeezes[level].inverse(z)
+      inputs = []
+      for step in self.flow_steps(level):
+        inputs.append(z.numpy())
+        z = backprop_modes.run_step(step, z)[0]
+      records.append((inputs, z))
+      if level < self.num_levels - 1:
+        z = z[..., :z.shape[-1] // 2]
+    return backprop_modes.rebuild_errors(
+        [self.flow_steps(level) for level in range(self.num_levels)], records)
 
   def log_prob(self, x):
     """Log density of continuous scaled data x ([B, H, W, C] in about [-0.5, 0.5])."""

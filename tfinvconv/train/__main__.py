@@ -40,6 +40,9 @@ HELP = {
     "steps_per_epoch": "0: one pass over the training set",
     "dequantization": "noise inside the bins: uniform, or variational (a small conditional "
                       "flow q(u | x) trained with the model; bits/dim stays an upper bound)",
+    "backprop": "how the backward pass finds activations: stored (all kept), checkpointed "
+                "(each step recomputed from its input) or reversible (each step's input "
+                "rebuilt from its output; memory flat in depth, checked every epoch)",
     "n_bits": "bits per colour the data is reduced to (as in the papers)",
     "n_bins": "grey levels per colour instead of 2**n_bits (e.g. 17 for the digits' 17 "
               "levels, so that no bin is empty); 0: 2**n_bits",

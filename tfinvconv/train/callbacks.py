@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfinvconv.models import backprop_modes
 from tfinvconv.train import exits
 
 TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
@@ -127,6 +128,40 @@ class NonFiniteStop(tf_keras.callbacks.Callback):
                       f"steps had a non-finite loss or gradient ({skipped} skipped in all); "
                       "the last checkpoint is intact - lower --learning-rate or check the data")
       self.model.stop_training = True
+
+
+class RebuildCheck(tf_keras.callbacks.Callback):
+  """Under --backprop reversible: after every epoch (and, through `check`, before training), how
+  far the backward pass's rebuilt inputs are from the true ones on a fixed batch
+  (`Glow.rebuild_errors`). The worst is reported; above `tolerance` on any worker the run stops
+  (without saving) before it trains on gradients that far off, and `failure` says why."""
+
+  def __init__(self, engine, images, show=True):
+    super().__init__()
+    self.engine, self.images, self.show = engine, images, show
+    self.tolerance = backprop_modes.REBUILD_TOLERANCE
+    self.failure = None
+    self.worst = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.check(self.model)
+
+  def check(self, guarded):
+    """Every worker must call it (a collective). Keras' stop_training set in on_train_begin
+    would still let one step run, so the trainer calls this before fit instead."""
+    level, step, error = max(guarded.flow.rebuild_errors(self.images), key=lambda e: e[2])
+    self.worst = error
+    if self.show:
+      print(f"  reversible backprop: worst rebuilt step input off by {error:.1e} (relative; "
+            f"level {level}, step {step})", flush=True)
+    if self.engine.any(not error <= self.tolerance):  # NaN fails too
+      self.failure = (f"stopped at step {step_of(guarded)}: reversible backprop rebuilds "
+                      f"the input of flow step {step} of level {level} with a relative error "
+                      f"of {error:.1e} (tolerance {self.tolerance:.0e}) on some worker, so its "
+                      "gradients would be wrong. Continue with --resume --backprop "
+                      "checkpointed (same gradients as stored, less memory) or lower "
+                      "--learning-rate")
+      guarded.stop_training = True
 
 
 class Progress(tf_keras.callbacks.Callback):
@@ -260,10 +295,24 @@ class RunCallbacks:
     self.report = (Report(run.run_dir, config.num_samples, seed=config.seed) if engine.is_chief
                    else None)
     self.all = [AverageMetrics(engine), self.guard, self.control, self.progress]
+    self.rebuild = None
+    if config.backprop == "reversible":
+      self.rebuild = RebuildCheck(engine, plan.init_batch(),
+                                  show=engine.is_chief and config.verbose)
+      self.all.insert(2, self.rebuild)  # before checkpoints: a failed check saves nothing
     self.elastic_stats = None  # an elastic run's resets and steps re-done
     if self.report:
       self.all.append(self.report)
 
   @property
   def stopped(self):
-    return bool(self.control.interrupted or self.guard.failure)
+    return bool(self.control.interrupted or self.failure)
+
+  @property
+  def failure(self):
+    """Why a numerical check stopped the run, and its exit code; None when none did."""
+    if self.guard.failure:
+      return self.guard.failure, exits.EXIT_NONFINITE
+    if self.rebuild and self.rebuild.failure:
+      return self.rebuild.failure, exits.EXIT_REBUILD
+    return None

@@ -18,6 +18,7 @@ CHOICES = {
     "mixer": glow.MIXERS,
     "coupling": glow.COUPLINGS,
     "dequantization": glow.DEQUANTIZATIONS,
+    "backprop": glow.BACKPROPS,
     "strategy": distributed.STRATEGIES,
     "implementation": ops.IMPLEMENTATIONS,
     "mixed_precision": tuple(POLICIES),
@@ -36,6 +37,7 @@ class Config:
   n_bits: int = 8
   n_bins: int = 0                # grey levels of the data; 0: 2**n_bits
   dequantization: str = "uniform"  # or "variational" (a learned q(u | x), Flow++)
+  backprop: str = "stored"       # or "checkpointed" / "reversible" (Glow's backprop modes)
   batch_size: int = 64           # per replica (per GPU / process)
   learning_rate: float = 1e-3    # the run's rate; times the number of replicas with scale_lr
   scale_lr: bool = False         # openai/glow kept 1e-3 on 8 GPUs; --scale-lr: Horovod's habit

@@ -6,6 +6,7 @@ import sys
 EXIT_USAGE = 2         # bad flags, data or configuration: a one-line error
 EXIT_NONFINITE = 3     # --max-nonfinite consecutive non-finite steps
 EXIT_LOST_WORKER = 4   # a peer was lost; the last checkpoint is intact
+EXIT_REBUILD = 5       # --backprop reversible rebuilt a step's input too far from the true one
 # 128 + N: stopped by signal N (a checkpoint was saved unless it was the second signal).
 
 

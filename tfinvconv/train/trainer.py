@@ -19,12 +19,11 @@ from tfinvconv.train import distributed
 from tfinvconv.train import elastic
 from tfinvconv.train import outputs
 from tfinvconv.train.config import POLICIES
-from tfinvconv.train.exits import EXIT_NONFINITE
 from tfinvconv.train.schedule import WarmupSchedule
 
 
 def run(config):
-  """Trains; returns a process exit code (0 done, 3 non-finite stop, 128+N on signal N)."""
+  """Trains; returns a process exit code (0 done, 3 non-finite stop, 5 reversible backprop stop, 128+N on signal N)."""
   config.validate()
   with cb.SignalFlag() as signals, _global_policy(POLICIES[config.mixed_precision]):
     return Run(config, signals).train()
@@ -72,7 +71,11 @@ class Run:
 
   def train(self):
     """Fits until done or stopped; returns the exit code."""
-    if self.engine.elastic:
+    if self.callbacks.rebuild and not self.engine.elastic:  # elastic: no collective before its sync
+      self.callbacks.rebuild.check(self.guarded)
+    if self.callbacks.failure:
+      history = {}
+    elif self.engine.elastic:
       history = elastic.ElasticFit(self, self.refusal)()
     else:
       history = self._fit_until_done()
@@ -100,7 +103,7 @@ class Run:
                    config.depth, config.hidden_channels, mixer=config.mixer,
                    kernel_size=config.kernel_size, coupling=config.coupling,
                    n_bits=config.n_bits, n_bins=config.n_bins or None,
-                   dequantization=config.dequantization,
+                   dequantization=config.dequantization, backprop=config.backprop,
                    implementation=config.implementation,
                    seed=distributed.seed_for(engine, config.seed))
       guarded = GuardedTraining(model)
@@ -163,10 +166,11 @@ class Run:
     """Why the run stopped early, or its last checkpoint, test bits/dim and outputs; returns the
     exit code."""
     engine, step = self.engine, cb.step_of(self.guarded)
-    if self.callbacks.guard.failure:
+    if self.callbacks.failure:
+      message, code = self.callbacks.failure
       if engine.is_chief:
-        print(f"error: {self.callbacks.guard.failure}", file=sys.stderr, flush=True)
-      return EXIT_NONFINITE
+        print(f"error: {message}", file=sys.stderr, flush=True)
+      return code
     if self.callbacks.control.interrupted:
       self.log(f"interrupted by signal {self.callbacks.control.interrupted} at step {step}: "
                "checkpoint saved; continue with --resume")
