@@ -49,23 +49,31 @@ def cpu_name():
   return platform.processor() or "unknown"
 
 
+def _status_kb(field):
+  """A field of /proc/self/status in kB (Linux); None where there is none."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return None
+
+
 def peak_rss_kb():
   """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: on Linux that keeps
   the parent's high-water mark across fork + exec, so every child would report the parent's."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
+  peak = _status_kb("VmHWM")
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if peak is None else peak  # not Linux
 
 
 def rss_kb():
   """This process's resident set now (VmRSS)."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1])
-  raise RuntimeError("no VmRSS in /proc/self/status: the memory measurements need Linux")
+  now = _status_kb("VmRSS")
+  if now is None:
+    raise RuntimeError("no VmRSS in /proc/self/status: the memory measurements need Linux")
+  return now
 
 
 def reset_peak_rss():

@@ -355,18 +355,18 @@ class Glow(tf_keras.Model):
     model's own `backprop`."""
     images = self._checked_shape(images, "the images")
     z = self.preprocess(images, seed=tf.constant([seed, -2], tf.int64))
+    steps_per_level = [self.flow_steps(level) for level in range(self.num_levels)]
     records = []
-    for level in range(self.num_levels):
+    for level, steps in enumerate(steps_per_level):
       z = self.squeezes[level].inverse(z)
       inputs = []
-      for step in self.flow_steps(level):
+      for step in steps:
         inputs.append(z.numpy())
         z = backprop_modes.run_step(step, z)[0]
       records.append((inputs, z))
       if level < self.num_levels - 1:
         z = z[..., :z.shape[-1] // 2]
-    return backprop_modes.rebuild_errors(
-        [self.flow_steps(level) for level in range(self.num_levels)], records)
+    return backprop_modes.rebuild_errors(steps_per_level, records)
 
   def log_prob(self, x):
     """Log density of continuous scaled data x ([B, H, W, C] in about [-0.5, 0.5])."""

@@ -141,7 +141,6 @@ class RebuildCheck(tf_keras.callbacks.Callback):
     self.engine, self.images, self.show = engine, images, show
     self.tolerance = backprop_modes.REBUILD_TOLERANCE
     self.failure = None
-    self.worst = None
 
   def on_epoch_end(self, epoch, logs=None):
     self.check(self.model)
@@ -150,7 +149,6 @@ class RebuildCheck(tf_keras.callbacks.Callback):
     """Every worker must call it (a collective). Keras' stop_training set in on_train_begin
     would still let one step run, so the trainer calls this before fit instead."""
     level, step, error = max(guarded.flow.rebuild_errors(self.images), key=lambda e: e[2])
-    self.worst = error
     if self.show:
       print(f"  reversible backprop: worst rebuilt step input off by {error:.1e} (relative; "
             f"level {level}, step {step})", flush=True)

@@ -23,7 +23,8 @@ from tfinvconv.train.schedule import WarmupSchedule
 
 
 def run(config):
-  """Trains; returns a process exit code (0 done, 3 non-finite stop, 5 reversible backprop stop, 128+N on signal N)."""
+  """Trains; returns a process exit code (0 done, 3 non-finite stop, 5 reversible backprop's
+  rebuild check failed, 128+N on signal N)."""
   config.validate()
   with cb.SignalFlag() as signals, _global_policy(POLICIES[config.mixed_precision]):
     return Run(config, signals).train()
