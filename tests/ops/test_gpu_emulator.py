@@ -1,7 +1,7 @@
 """The GPU solve without a GPU: the host emulator runs the CUDA kernel's own programs
 (custom_ops/inverse_conv/core/inverse_conv_gpu_kernel.h) and must pass on the real source and
-fail on each of eleven broken copies of it (MUTATIONS); the resource gate and the target list are
-checked here too."""
+fail on a wrong result from each of eleven broken copies of it (MUTATIONS); the resource gate
+and the target list are checked here too."""
 
 import concurrent.futures
 import importlib.util
@@ -55,7 +55,8 @@ MUTATIONS = {
     "singular kernel not poisoned with NaN": (
         "singular ? static_cast<T>(NAN) : value", "value"),
 }
-REAL = "the kernel source"  # the key of the unmutated build in `emulated`
+REAL = "the kernel source"  # the keys of the unmutated build's runs in `emulated`: in full,
+QUICK = "the kernel source, --quick"  # and with the mutants' --quick sample
 
 
 def _kernel_source():
@@ -100,7 +101,7 @@ def emulated(tmp_path_factory):
   built (its test says so)."""
   source = _kernel_source()
   folder = tmp_path_factory.mktemp("emulator")
-  jobs = {REAL: (ROOT, [])}
+  jobs = {REAL: (ROOT, []), QUICK: (ROOT, ["--quick"])}
   for i, (name, (before, after)) in enumerate(sorted(MUTATIONS.items())):
     if source.count(before) != 1:
       continue
@@ -143,6 +144,15 @@ def test_emulator_passes_on_the_kernel_source(emulated):
 
 
 @pytest.mark.slow
+def test_the_mutants_sample_passes_on_the_kernel_source(emulated):
+  """The control for the mutation tests: --quick passes on the real source, every path and
+  unrolled kernel included, so a mutant's failure is its own."""
+  run = _ran(emulated, QUICK)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert "GPU emulation passed" in run.stdout and "NOT for" not in run.stdout, run.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_emulator_fails_on_a_broken_kernel(name, emulated):
   before, _ = MUTATIONS[name]
@@ -150,6 +160,8 @@ def test_emulator_fails_on_a_broken_kernel(name, emulated):
   run = _ran(emulated, name)
   assert run.returncode == 1, f"the emulator missed: {name}\n{run.stdout}{run.stderr}"
   assert "GPU EMULATION FAILED" in run.stdout
+  # Caught by a wrong result (a case or the singular-kernel check), not by coverage alone.
+  assert re.search(r"^FAIL ", run.stdout, re.M), run.stdout[-3000:]
 
 
 def test_resource_gate_flags_what_the_plan_does_not_assume():
