@@ -139,13 +139,15 @@ sdist: $(PACKAGING)
 	$(PY) tests/dist_check.py sdist $(DIST)/tfinvconv-*.tar.gz
 
 # The wheel (build/dist/), built from the sdist against .venv's TensorFlow (what building from the
-# sdist gives a user), then made manylinux by auditwheel repair. The op leaves
-# libtensorflow_framework.so.2, which no manylinux policy lists, out of its DT_NEEDED and takes
-# its symbols from the TensorFlow that loads it (setup.py, _without_framework), so the repair only
-# retags and tests/dist_check.py asks auditwheel show for that tag and no outside library.
+# sdist gives a user), with the CUDA kernels (TFINVCONV_CUDA=1: nvcc on the PATH; the op built
+# on tensorflow-cpu loads in `tensorflow` too, which runs them), then made manylinux by auditwheel
+# repair. The op leaves libtensorflow_framework.so.2, which no manylinux policy lists, out of its
+# DT_NEEDED and takes its symbols from the TensorFlow that loads it (setup.py, _without_framework),
+# and links the CUDA runtime statically, so the repair only retags and tests/dist_check.py asks
+# auditwheel show for that tag, no outside library and the recorded CUDA targets.
 wheel: sdist
 	rm -rf build/wheel-raw && rm -f $(DIST)/tfinvconv-*.whl
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel-raw \
+	TFINVCONV_CUDA=1 $(PY) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel-raw \
 	  $(DIST)/tfinvconv-*.tar.gz
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair \
 	  -w $(DIST) build/wheel-raw/tfinvconv-*.whl
@@ -232,7 +234,7 @@ cuda-check: setup
 	$(call core_library,$(CUDA_ARCH),build/cuda-check/libtfinvconv_core.so)
 	! ldd build/cuda-check/libtfinvconv_core.so | grep -q libcudart  # static runtime
 	rm -rf build/cuda_shim && mkdir -p build/cuda_shim/third_party/gpus/cuda
-	ln -s "$$(dirname "$$(dirname "$$(readlink -f "$$(which nvcc)")")")/include" \
+	ln -s "$$($(PYTHON) custom_ops/inverse_conv/tools/cuda_arch.py --home)/include" \
 	  build/cuda_shim/third_party/gpus/cuda/include
 	nvcc -c -x cu -std=c++17 -DGOOGLE_CUDA=1 --expt-relaxed-constexpr -Xcompiler -fPIC \
 	  -Xcompiler -Wno-deprecated-declarations -gencode arch=compute_90,code=sm_90 -I. \

@@ -52,10 +52,11 @@ LIBRARY = "tfinvconv.ops._inverse_conv_ops"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _cuda_arch():
-  """custom_ops/inverse_conv/tools/cuda_arch.py: the one list of GPU targets."""
-  path = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools", "cuda_arch.py")
-  spec = importlib.util.spec_from_file_location("cuda_arch", path)
+def _tool(name):
+  """A module of custom_ops/inverse_conv/tools/: cuda_arch (the one list of GPU targets) or
+  glibc_compat."""
+  path = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools", name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -85,6 +86,10 @@ def _want_cuda(tf_has_cuda):
   if choice in ("0", "off", "false", "no"):
     return False
   if choice in ("1", "on", "true", "yes"):
+    if shutil.which("nvcc") is None:
+      sys.exit("tfinvconv: TFINVCONV_CUDA=1 asks for the CUDA kernels, but there is no nvcc on the "
+               "PATH. Put a CUDA toolkit's bin folder on the PATH (or set TFINVCONV_CUDA=0 to "
+               "build without GPU kernels).")
     return True
   return shutil.which("nvcc") is not None and tf_has_cuda
 
@@ -138,16 +143,22 @@ class BuildOpLibrary(build_ext):
         cxx, objects, extra_link, cuda = _cuda_build(scratch, cxx)
       else:
         _refuse_to_drop_cuda_kernels(output)
-      _run(["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
-            output, *link_flags, *extra_link])
+      link = ["g++", "-shared", *cxx, *CORE_CPU_SOURCES, *TF_WRAPPER_SOURCES, *objects, "-o",
+              output, *link_flags, *extra_link]
+      _run(link)
+      if cuda:  # the static CUDA runtime's glibc symbols: see glibc_compat.py
+        stubs = _tool("glibc_compat").write_stubs(output, scratch)
+        if stubs:  # relinked with the stubs right after the runtime, before libc
+          after = link.index("-lcudart_static") + 1
+          _run(link[:after] + _tool("glibc_compat").link_flags(stubs) + link[after:])
     _write_stamps(output, tf_version, cuda)
 
 
 def _cuda_build(scratch, cxx):
   """Compiles the CUDA kernels; returns the g++ flags that register them, their objects, the
   link flags they need and what built them (recorded in the .cuda.json stamp)."""
-  cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
-  arch = _cuda_arch()
+  arch = _tool("cuda_arch")
+  cuda_home = arch.cuda_home()
   major = arch.nvcc_major()
   objects = []
   for source in CORE_GPU_SOURCES:
@@ -155,7 +166,9 @@ def _cuda_build(scratch, cxx):
     _run(["nvcc", "-c", "-x", "cu", "-DGOOGLE_CUDA=1", *NVCC_FLAGS, *arch.arch_flags(major),
           "-I", ROOT, source, "-o", obj])
     objects.append(obj)
-  cxx = cxx + ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home)]
+  # TF's GPU headers (Eigen's among them) include the CUDA runtime's headers, by both paths.
+  cxx = cxx + ["-DGOOGLE_CUDA=1", "-I", _cuda_include_shim(scratch, cuda_home),
+               "-I", os.path.join(cuda_home, "include")]
   # The CUDA runtime linked statically: the .so needs only the driver at run time.
   extra_link = [f"-L{cuda_home}/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
   return cxx, objects, extra_link, {"nvcc": arch.nvcc_release(), "targets": arch.targets(major)}

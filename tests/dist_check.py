@@ -14,6 +14,7 @@ with the problems listed.
 
 import ast
 import email.parser
+import importlib.util
 import json
 import os
 import re
@@ -75,7 +76,9 @@ def build_inputs():
   """Every repository file that building a wheel from the sdist reads."""
   needed = {"setup.py", "pyproject.toml", "README.md", "LICENSE",  # README: long_description
             "tools/build_backend.py",  # pyproject.toml's build backend
-            "custom_ops/inverse_conv/tools/cuda_arch.py"}  # setup.py loads the GPU target list
+            # setup.py loads the GPU target list and the glibc stubs' builder
+            "custom_ops/inverse_conv/tools/cuda_arch.py",
+            "custom_ops/inverse_conv/tools/glibc_compat.py"}
   for source in compiled_sources():
     needed |= {source} | _includes(source)
   for folder, _, names in os.walk(os.path.join(ROOT, "tfinvconv")):
@@ -171,6 +174,7 @@ def wheel_problems(path):
     stamp = wheel.read("tfinvconv/ops/_inverse_conv_ops.tf_version").decode().strip()
     metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     libraries = [n for n in names if n.endswith(".so") or ".so." in n]
+    recorded = json.loads(wheel.read(CUDA_STAMP)) if CUDA_STAMP in names else None
   if libraries != ["tfinvconv/ops/_inverse_conv_ops.so"]:
     problems.append(f"{name}: shared libraries {libraries}: only the op's, nothing grafted")
   if any(n.startswith(("tests/", "benchmarks/", "train/")) for n in names):
@@ -178,7 +182,32 @@ def wheel_problems(path):
   if CUDA_STAMP not in names:  # setup.py's record of the nvcc that built the op, if any
     problems.append(f"{name}: no {CUDA_STAMP}: tfinvconv.ops.build_info() cannot say which CUDA "
                     "built the op")
+  else:
+    problems += cuda_problems(name, recorded["cuda"])
   return problems + metadata_problems(metadata, name, tf_version=stamp)
+
+
+def cuda_problems(name, cuda):
+  """The wheel serves GPU users too: CUDA kernels for every target cuda_arch.py lists for the nvcc
+  that built them (machine code from sm_70, or sm_75 with CUDA 13, to sm_90, and PTX)."""
+  if not cuda:
+    return [f"{name}: the op has no CUDA kernels (built without nvcc; make wheel sets "
+            "TFINVCONV_CUDA=1)"]
+  arch = tool("cuda_arch")
+  want = arch.targets(int(cuda["nvcc"].split(".")[0]))
+  if cuda["targets"] != want:
+    return [f"{name}: CUDA targets {cuda['targets']}, expected {want} for nvcc {cuda['nvcc']}"]
+  return []
+
+
+def tool(name):
+  """A module of custom_ops/inverse_conv/tools/ (cuda_arch, glibc_compat, check_resources): build
+  scripts, not a package."""
+  path = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools", name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 CUDA_STAMP = "tfinvconv/ops/_inverse_conv_ops.cuda.json"
@@ -368,6 +397,9 @@ def run_route(route, wheel_path):
     print(smoke.stdout, end="")
     if smoke.returncode != 0:
       problems.append(f"[{route}] tests/wheel_smoke.py failed:\n{smoke.stderr[-4000:]}")
+    elif f"TensorFlow built with CUDA: {route == 'tensorflow'}" not in smoke.stdout:
+      problems.append(f"[{route}] the smoke test ran under the wrong TensorFlow build (the "
+                      "tensorflow route must load the op into TensorFlow's CUDA build)")
     print(f"[{route}] install {install_seconds:.0f} s, "
           f"{fetched_mb:.0f} MB downloaded from the index, {len(names)} distributions, venv "
           f"{_folder_bytes(env_dir) / 2**20:.0f} MiB; smoke test {smoke_seconds:.0f} s",

@@ -312,3 +312,53 @@ def test_make_setup_refuses_a_venv_that_holds_the_cuda_tensorflow(tmp_path):
   assert result.returncode != 0
   assert "holds tensorflow (the CUDA build)" in result.stderr
   assert not (venv / ".requirements-installed").exists()
+
+
+def test_cuda_kernels_asked_for_without_nvcc_is_a_clear_error(tmp_path):
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "g++").write_text("#!/bin/sh\necho 'fake g++ reached' >&2\nexit 3\n")
+  (fake / "g++").chmod(0o755)
+  path = [str(fake)] + [d for d in os.environ["PATH"].split(os.pathsep)
+                        if not os.path.exists(os.path.join(d, "nvcc"))]
+  result = subprocess.run(
+      [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+       "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, PATH=os.pathsep.join(path), TFINVCONV_CUDA="1"), timeout=300)
+  assert result.returncode != 0
+  assert "TFINVCONV_CUDA=1" in result.stderr and "no nvcc on the PATH" in result.stderr
+  assert "Traceback" not in result.stderr and "fake g++ reached" not in result.stderr
+
+
+USES_NEW_GLIBC = r"""
+#include <dlfcn.h>
+#include <pthread.h>
+#include <semaphore.h>
+void* opened(void) { return dlopen("libm.so.6", RTLD_NOW); }
+int spun(void) { pthread_spinlock_t s; return pthread_spin_init(&s, 0) || pthread_spin_destroy(&s); }
+int posted(void) { sem_t s; sem_init(&s, 0, 0); sem_post(&s); return sem_wait(&s); }
+"""
+
+
+def test_glibc_stubs_keep_the_static_cuda_runtime_loadable_on_older_glibc(tmp_path):
+  """What the static CUDA runtime calls (dl*, pthread_*, sem_*), linked on glibc >= 2.34, asks for
+  GLIBC_2.34; relinked with glibc_compat's stubs it asks for their pre-2.34 versions (what
+  auditwheel's manylinux tag and old glibc go by) and still binds every symbol here."""
+  compat = dist_check.tool("glibc_compat")
+  source, library = tmp_path / "uses.c", str(tmp_path / "libuses.so")
+  source.write_text(USES_NEW_GLIBC)
+  link = lambda *extra: subprocess.run(["gcc", "-shared", "-fPIC", str(source), "-o", library,
+                                        *extra, "-ldl", "-lpthread"], check=True)
+  link()
+  if not compat.needs_new_glibc(library):
+    pytest.skip("this glibc is older than 2.34: nothing asks for GLIBC_2.34")
+  assert {"dlopen", "pthread_spin_init", "sem_post"} <= set(compat.needs_new_glibc(library))
+  link(*compat.link_flags(compat.write_stubs(library, str(tmp_path))))
+  assert compat.needs_new_glibc(library) == []
+  loads = subprocess.run(
+      [sys.executable, "-c", "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
+       "lib.opened.restype = ctypes.c_void_p; "
+       "assert lib.opened() and lib.spun() == 0 and lib.posted() == 0", library],
+      env=dict(os.environ, LD_BIND_NOW="1"), capture_output=True, text=True)
+  assert loads.returncode == 0, loads.stderr
+

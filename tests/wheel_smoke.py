@@ -3,7 +3,8 @@ after each of README's install routes), run from outside the source tree: one Te
 installed, the package and its op library come from the install, the library carries the
 TensorFlow version stamp it was built with, the wheel's metadata requires exactly that TensorFlow,
 the library loads, the compiled op inverts the convolution, a bijector works inside a TFP
-TransformedDistribution, and a tiny Glow trains with a finite loss.
+TransformedDistribution, and a tiny Glow trains with a finite loss; the op's GPU kernels are
+registered.
 
     python tests/wheel_smoke.py SOURCE_ROOT     # SOURCE_ROOT: the checkout it must not use
 """
@@ -50,6 +51,21 @@ def check_one_tensorflow():
   providers = metadata.packages_distributions().get("tensorflow", [])
   assert len(set(providers)) == 1, f"TensorFlow distributions installed: {sorted(providers)}"
   print(f"one TensorFlow: {providers[0]} {metadata.version(providers[0])}")
+
+
+def check_gpu_kernels():
+  """The wheel serves GPU users: TensorFlow's kernel registry lists the solve's GPU kernels in
+  float32 and float64, and build_info() names the CUDA that built them. Under `tensorflow` (a
+  CUDA build) with no GPU present they register without running; TensorFlow does not even
+  look for libcuda before a GPU is asked for."""
+  info = ops.build_info()
+  solve = info["kernels"].get("TfInvConv>InverseCausalConv2D", {})
+  assert solve.get("GPU") == ["float32", "float64"], info["kernels"]
+  assert solve.get("CPU") == ["float32", "float64"], info["kernels"]
+  assert info["cuda"] and info["cuda"]["targets"], info["cuda"]
+  print(f"GPU kernels registered (float32, float64), built by nvcc {info['cuda']['nvcc']} for "
+        f"{' '.join(info['cuda']['targets'])}; TensorFlow built with CUDA: "
+        f"{tf.test.is_built_with_cuda()}")
 
 
 def check_op_round_trip():
@@ -104,6 +120,7 @@ def main(argv):
     sys.exit(__doc__)
   check_one_tensorflow()
   check_installed_package(argv[1])
+  check_gpu_kernels()
   check_op_round_trip()
   check_transformed_distribution()
   check_tiny_glow_fit()

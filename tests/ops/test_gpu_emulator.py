@@ -4,7 +4,6 @@ fail on a wrong result from each of eleven broken copies of it (MUTATIONS); the 
 and the target list are checked here too."""
 
 import concurrent.futures
-import importlib.util
 import os
 import re
 import shutil
@@ -12,19 +11,13 @@ import subprocess
 
 import pytest
 
+from tests import dist_check
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORE = os.path.join(ROOT, "custom_ops", "inverse_conv", "core")
 KERNEL = os.path.join(CORE, "inverse_conv_gpu_kernel.h")
 EMULATOR_SOURCE = os.path.join(ROOT, "custom_ops", "inverse_conv", "emulator", "emulate.cc")
-TOOLS = os.path.join(ROOT, "custom_ops", "inverse_conv", "tools")
 GXX = ["g++", "-std=c++17", "-Wno-psabi", "-Wno-interference-size", "-pthread"]
-
-
-def _load_tool(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 # Each mutation is one way the kernel source can be wrong; the emulator must catch every one.
@@ -165,7 +158,7 @@ def test_emulator_fails_on_a_broken_kernel(name, emulated):
 
 
 def test_resource_gate_flags_what_the_plan_does_not_assume():
-  gate = _load_tool("check_resources")
+  gate = dist_check.tool("check_resources")
   solve = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIfLb1ELb1ELi3EEEvNS_3gpu9SolveArgsIT_EE"
   generic = "_ZN9tfinvconv12_GLOBAL__N_111SolveKernelIdLb0ELb1ELi0EEEvNS_3gpu9SolveArgsIT_EE"
   prepare = "_ZN9tfinvconv12_GLOBAL__N_113PrepareKernelIdEEvNS_3gpu11PrepareArgsIT_EE"
@@ -194,7 +187,7 @@ def test_resource_gate_flags_what_the_plan_does_not_assume():
 
 
 def test_cuda_targets_cover_sm70_to_sm90_with_ptx():
-  arch = _load_tool("cuda_arch")
+  arch = dist_check.tool("cuda_arch")
   cuda12 = " ".join(arch.arch_flags(12))
   cuda13 = " ".join(arch.arch_flags(13))
   for sm in (70, 75, 80, 86, 89, 90):

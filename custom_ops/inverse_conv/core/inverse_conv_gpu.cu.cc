@@ -6,6 +6,7 @@
 
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "inverse_conv_gpu.h"
 #include "inverse_conv_gpu_kernel.h"
@@ -105,6 +106,17 @@ static cudaError_t ReadGpuLimits(int device, GpuLimits* limits) {
     if (err == cudaSuccess) field.set(limits, value);
   }
   return err;
+}
+
+std::string DescribeGpuError(int err) {
+  const auto error = static_cast<cudaError_t>(err);
+  std::string text = std::string(cudaGetErrorName(error)) + ": " + cudaGetErrorString(error);
+  if (error == cudaErrorInsufficientDriver) {
+    text += " (the kernels were built with CUDA " + std::to_string(CUDART_VERSION / 1000) + "." +
+            std::to_string(CUDART_VERSION % 1000 / 10) + "; update the NVIDIA driver to one "
+            "that supports it, or rebuild the op with the CUDA toolkit this driver supports)";
+  }
+  return text;
 }
 
 int QueryGpuLimits(GpuLimits* limits) {

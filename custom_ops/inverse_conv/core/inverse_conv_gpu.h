@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "inverse_conv.h"
 
@@ -228,6 +229,11 @@ inline int64_t PrepareGrid(int64_t channels, int64_t ksize) {
 }
 
 #if defined(GOOGLE_CUDA) || defined(__CUDACC__)
+// A cudaError_t value in words (its name and CUDA's description), for the wrappers' messages.
+// When the driver is older than the CUDA runtime these kernels were built with, it says which
+// CUDA that is and what to do.
+std::string DescribeGpuError(int err);
+
 // Fills `limits` for the current device (attribute queries, made once per device and cached;
 // no synchronisation). Returns a cudaError_t value (0 on success).
 int QueryGpuLimits(GpuLimits* limits);

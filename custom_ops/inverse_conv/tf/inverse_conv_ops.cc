@@ -109,7 +109,7 @@ struct SolveLauncher<GpuDevice, T> {
     if (shape.num_pixels() == 0) return ::tensorflow::OkStatus();
     GpuLimits limits;
     int err = QueryGpuLimits(&limits);
-    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " querying the device");
+    if (err != 0) return ::tensorflow::errors::Internal("querying the GPU: ", DescribeGpuError(err));
     const GpuSolvePlan plan = PlanGpuSolve(shape, sizeof(T), limits);
     if (!plan.feasible)
       return InvalidArgument("the GPU solve needs a tile of at least (2k-2)^2 pixels x ",
@@ -123,7 +123,7 @@ struct SolveLauncher<GpuDevice, T> {
     void* stream = reinterpret_cast<void*>(ctx->eigen_device<GpuDevice>().stream());
     err = CausalSolveGpu(shape, plan, rhs, kernel, corner, adjoint, out,
                          scratch.flat<int8_t>().data(), stream);
-    if (err != 0) return ::tensorflow::errors::Internal("CUDA error ", err, " in the causal solve");
+    if (err != 0) return ::tensorflow::errors::Internal("the causal solve: ", DescribeGpuError(err));
     return ::tensorflow::OkStatus();
   }
 };
