@@ -17,6 +17,7 @@ GPU_BENCH_LIB := build/gpu_bench/libtfinvconv_core.so
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 HOROVOD := $(VENV)/.horovod-installed
+comma := ,
 HOROVOD_VERSION := 0.28.1
 
 .PHONY: setup demo train test test-quick test-cpu-paths bench bench-quick bench-portable cuda-check gpu-emulate gpu-bench \
@@ -226,15 +227,15 @@ $(EMULATOR): custom_ops/inverse_conv/emulator/emulate.cc $(CORE)/inverse_conv_cp
 
 # Compile check of the CUDA sources (there is no GPU here): the resource gate (no spills, no
 # local or static shared memory, registers x threads within the register file) for sm_80 and
-# sm_90; the core for every target with the CUDA runtime linked statically (the benchmark
-# library). The TF wrapper with GOOGLE_CUDA on is compiled by the op's CUDA build, which `make
-# wheel` runs (TFINVCONV_CUDA=1; CI does).
+# sm_90; the core's C library (the benchmark's) for sm_90 with the CUDA runtime linked
+# statically. The op with its kernels for every target, TF wrapper included, is what `make
+# wheel` builds (TFINVCONV_CUDA=1; CI does), so it is not compiled twice here.
 cuda-check: setup
 	$(PY) custom_ops/inverse_conv/tools/check_resources.py
 	mkdir -p build/cuda-check
-	$(call core_library,$(CUDA_ARCH),build/cuda-check/libtfinvconv_core.so)
+	$(call core_library,-gencode arch=compute_90$(comma)code=sm_90,build/cuda-check/libtfinvconv_core.so)
 	! ldd build/cuda-check/libtfinvconv_core.so | grep -q libcudart  # static runtime
-	@echo "CUDA sources compile for: $(CUDA_ARCH)"
+	@echo "CUDA sources compile (resource gate: sm_80, sm_90; C library: sm_90)"
 
 # On a machine with a GPU, PyTorch and a CUDA toolkit (no TensorFlow needed): the core as a C
 # library for this GPU, correctness under compute-sanitizer (memcheck, racecheck), then

@@ -277,7 +277,8 @@ setup(
                                     "_inverse_conv_ops.cuda.json"]},
     python_requires=">=3.10",
     # The trainer (python -m tfinvconv.train) as a command.
-    entry_points={"console_scripts": ["tfinvconv-train = tfinvconv.train.__main__:main"]},
+    entry_points={"console_scripts": ["tfinvconv-train = tfinvconv.train.__main__:main",
+                                      "tfinvconv-sample = tfinvconv.sample:main"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     ext_modules=[Extension(LIBRARY, sources=CORE_CPU_SOURCES + TF_WRAPPER_SOURCES)],

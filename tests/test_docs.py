@@ -126,6 +126,8 @@ NOT_IN_REPO = {
     "samples/*.png": "inside a run folder",
     "checkpoints/": "inside a run folder",
     "metrics.json": "inside a run folder",
+    "model.json": "inside a run folder",
+    "model.keras": "inside a run folder",
     "ranks/rank<N>.json": "inside a run folder",
     "discover_hosts.sh": "a user's host-discovery script for Horovod elastic",
     "test/": "a subfolder of a user's image folder (with train/)",

@@ -111,8 +111,15 @@ def check_trainer_command():
          "2", "--num-samples", "2", "--run-dir", run_dir], capture_output=True, text=True,
         timeout=600, cwd=run_dir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert os.path.exists(os.path.join(run_dir, "metrics.json")), os.listdir(run_dir)
-  print("tfinvconv-train: a 2-step job on the digits wrote metrics.json")
+    for name in ("metrics.json", "model.json", "model.keras"):
+      assert os.path.exists(os.path.join(run_dir, name)), (name, os.listdir(run_dir))
+    drawn = subprocess.run(
+        [script.replace("tfinvconv-train", "tfinvconv-sample"), "--run-dir", run_dir, "--n", "4",
+         os.path.join(run_dir, "grid.png")], capture_output=True, text=True, timeout=600)
+    assert drawn.returncode == 0, drawn.stdout[-2000:] + drawn.stderr[-2000:]
+    assert os.path.exists(os.path.join(run_dir, "grid.png"))
+  print("tfinvconv-train: a 2-step job on the digits wrote metrics.json and model.keras; "
+        "tfinvconv-sample drew from it")
 
 
 def main(argv):

@@ -18,7 +18,8 @@ HELP = {
     "dataset": "digits, photo_patches (crops of scikit-learn's two photos), a TFDS name "
                "(cifar10, downsampled_imagenet/32x32, celeb_a_hq/256, ...) or a folder of images",
     "data_dir": "TFDS data folder (datasets are never downloaded)",
-    "run_dir": "where checkpoints, samples, TensorBoard logs and metrics.json go",
+    "run_dir": "where checkpoints, samples, TensorBoard logs, metrics.json and the model "
+               "(model.json, model.keras) go",
     "resume": "continue from the last checkpoint in --run-dir",
     "strategy": "tf.distribute engine: mirrored or multiworker (Horovod: launch with "
                 "horovodrun instead)",
@@ -51,7 +52,7 @@ HELP = {
     "cpu_replicas": "--strategy mirrored on a machine without GPUs: split the CPU into this "
                     "many logical devices, one replica each",
     "overwrite": "start over in a --run-dir that holds another run (deletes its checkpoints, "
-                 "samples, TensorBoard logs and metrics)",
+                 "samples, TensorBoard logs, metrics and model files)",
 }
 
 

@@ -10,9 +10,11 @@ import tensorflow as tf
 import tf_keras
 
 from tfinvconv.train import elastic
+from tfinvconv.train import outputs
 
 # What a run writes into its folder; --overwrite removes exactly these.
-RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "ranks", "metrics.json")
+RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "ranks", "metrics.json",
+               outputs.MODEL_CONFIG, outputs.MODEL_FILE)
 
 
 def claim_run_dir(run_dir, config):
@@ -24,7 +26,7 @@ def claim_run_dir(run_dir, config):
   if not config.overwrite:
     return (f"run folder {run_dir} already holds checkpoints of a run: pass --resume to "
             "continue it, --overwrite to start over there (its checkpoints, samples, "
-            "TensorBoard logs and metrics are deleted), or a new --run-dir")
+            "TensorBoard logs, metrics and model files are deleted), or a new --run-dir")
   for name in RUN_OUTPUTS:
     path = os.path.join(run_dir, name)
     if os.path.isdir(path):

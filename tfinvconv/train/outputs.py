@@ -1,9 +1,12 @@
-"""What a finished run leaves in its folder: metrics.json beside the per-pixel baseline, the final
-samples, and each worker's weight checksum."""
+"""What a run leaves in its folder: model.json (the model's configuration, written first, so that
+any checkpoint can be rebuilt) and, once finished, model.keras, metrics.json beside the per-pixel
+baseline, the final samples, and each worker's weight checksum."""
 
 import json
 import math
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tf_keras
@@ -17,6 +20,37 @@ def write_json(path, value):
   with open(path + ".tmp", "w") as f:
     json.dump(value, f, indent=1)
   os.replace(path + ".tmp", path)
+
+
+MODEL_CONFIG = "model.json"
+MODEL_FILE = "model.keras"
+
+
+def write_model_config(run_dir, flow):
+  """model.json: the Glow's full configuration (its get_config(), every constructor argument),
+  which rebuilds the model of any checkpoint in the folder (tfinvconv-sample does)."""
+  write_json(os.path.join(run_dir, MODEL_CONFIG), {"glow": flow.get_config()})
+
+
+def read_model_config(run_dir):
+  with open(os.path.join(run_dir, MODEL_CONFIG)) as f:
+    return json.load(f)["glow"]
+
+
+def write_model(run):
+  """model.keras, the trained flow in one file (`tf_keras.models.load_model(path)` after `import
+  tfinvconv`), written atomically: saved under another name, then renamed. Every replica of a
+  multi-worker strategy saves, as TF's guide asks; only the chief's file is kept."""
+  engine = run.engine
+  if not (engine.is_chief or engine.saves_on_every_worker):
+    return
+  folder = run.run_dir if engine.is_chief else tempfile.mkdtemp(prefix="tfinvconv-worker-")
+  partial = os.path.join(folder, ".partial-" + MODEL_FILE)  # Keras wants the .keras suffix
+  run.guarded.flow.save(partial)
+  if engine.is_chief:
+    os.replace(partial, os.path.join(run.run_dir, MODEL_FILE))
+  else:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_final(run, history, test_bpd):
@@ -36,7 +70,10 @@ def write_final(run, history, test_bpd):
           f"  tensorboard: tensorboard --logdir "
           f"{os.path.abspath(os.path.join(run.run_dir, 'tensorboard'))}\n"
           f"  metrics:     {os.path.abspath(metrics_path)}\n"
-          f"  checkpoints: {os.path.abspath(os.path.join(run.run_dir, 'checkpoints'))}")
+          f"  model:       {os.path.abspath(os.path.join(run.run_dir, MODEL_FILE))}\n"
+          f"  checkpoints: {os.path.abspath(os.path.join(run.run_dir, 'checkpoints'))}\n"
+          f"  more samples: tfinvconv-sample --run-dir {run.run_dir} --temperature 0.7 "
+          "samples.png")
 
 
 def _metrics(run, history, test_bpd):
@@ -47,6 +84,7 @@ def _metrics(run, history, test_bpd):
       run.data.train_images, run.data.test_images, model.n_bins)
   metrics = {
       "preset_dataset": run.config.dataset, "mixer": run.config.mixer,
+      "model": model.get_config(),
       "steps": cb.step_of(run.guarded),
       "train_bits_per_dim": (history.get("bits_per_dim") or [float("nan")])[-1],
       "test_bits_per_dim": test_bpd, "n_bins": model.n_bins,

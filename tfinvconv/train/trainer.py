@@ -1,5 +1,5 @@
 """The training run, from one config: engine, run folder, data, model, restore or initialise,
-fit, outputs. Its pieces live beside it: config.py, data.py, checkpoints.py, schedule.py,
+fit, outputs (model.json first; model.keras, metrics and samples at the end). Its pieces live beside it: config.py, data.py, checkpoints.py, schedule.py,
 callbacks.py, elastic.py, outputs.py."""
 
 import contextlib
@@ -57,6 +57,8 @@ class Run:
     self.log = print if (self.engine.is_chief and config.verbose) else (lambda *a, **k: None)
     self.data = data.RunData(config, self.engine)
     self.guarded, self.schedule = self._build()
+    if self.engine.is_chief and not self.refusal:
+      outputs.write_model_config(self.run_dir, self.guarded.flow)
     self.log(f"{self.engine.name}: {self.engine.size} worker(s), {self.engine.replicas} "
              f"replica(s); {self.guarded.flow.count_params():,} parameters; "
              f"{self.data.steps_per_epoch} steps/epoch; run folder "
@@ -177,6 +179,7 @@ class Run:
                "checkpoint saved; continue with --resume")
       return 128 + int(self.callbacks.control.interrupted)
     self.checkpoints.save(step)
+    outputs.write_model(self)
     result = self.guarded.evaluate(self.data.test_data, return_dict=True, verbose=0)
     test_bpd = engine.average({"bpd": float(result["bits_per_dim"])})["bpd"]
     self.checkpoints.close()
