@@ -27,6 +27,8 @@ def parse(argv):
     parser.error(f"--temperature must be 0 or more, not {args.temperature}")
   if not args.output.lower().endswith(".png"):
     parser.error(f"the output is written as PNG: name it *.png, not {args.output}")
+  if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+    parser.error(f"no folder for {args.output}")
   return args
 
 
@@ -64,12 +66,7 @@ def main(argv=None):
     print(f"error: {str(error).replace('--resume: ', '')}", file=sys.stderr)
     return 2
   from tfinvconv.train import callbacks  # pylint: disable=g-import-not-at-top
-  x = flow.sample(args.n, temperature=args.temperature, seed=args.seed)
-  grid = callbacks.image_grid(flow.to_images(x).numpy(), max(1, 32 // flow.image_shape[0]))
-  folder = os.path.dirname(os.path.abspath(args.output))
-  if not os.path.isdir(folder):
-    print(f"error: no folder {folder} for {args.output}", file=sys.stderr)
-    return 2
+  grid = callbacks.sample_grid(flow, args.n, args.temperature, args.seed)
   callbacks.write_png(args.output, grid)
   print(f"{args.n} samples at temperature {args.temperature} from {prefix}: {args.output}")
   return 0

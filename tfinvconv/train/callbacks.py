@@ -202,6 +202,12 @@ class Progress(tf_keras.callbacks.Callback):
     return self.images_per_step / float(np.median(times)) if times else float("nan")
 
 
+def sample_grid(flow, n, temperature, seed):
+  """n samples of `flow` as one grid image, small images enlarged to about 32 pixels a side."""
+  x = flow.sample(n, temperature=temperature, seed=seed)
+  return image_grid(flow.to_images(x).numpy(), max(1, 32 // flow.image_shape[0]))
+
+
 def image_grid(images, scale=1, gap=2):
   """[N, H, W, C] uint8 -> one grid image, cells `scale`-times enlarged and `gap` pixels
   apart on a mid-grey background (so neighbouring samples do not run into each other)."""
@@ -244,12 +250,9 @@ class Report(tf_keras.callbacks.Callback):
   def samples(self, tag):
     """Writes one grid per temperature; returns the PNG paths."""
     os.makedirs(os.path.join(self.run_dir, "samples"), exist_ok=True)
-    flow = self.model.flow
-    scale = max(1, 32 // flow.image_shape[0])
     paths = []
     for temperature in TEMPERATURES:
-      x = flow.sample(self.num_samples, temperature=temperature, seed=self.seed)
-      grid = image_grid(flow.to_images(x).numpy(), scale)
+      grid = sample_grid(self.model.flow, self.num_samples, temperature, self.seed)
       path = os.path.join(self.run_dir, "samples", f"{tag}_t{temperature:.1f}.png")
       write_png(path, grid)
       with self.writer.as_default():
